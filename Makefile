@@ -1,0 +1,113 @@
+# derpd — see README.md. `make run` and `make test` are the two commands.
+VERSION  := 0.1.0
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BUILD    ?= build
+
+CC       ?= cc
+PKGS     := libsodium wolfssl jansson libmicrohttpd
+CPPFLAGS += -I. -D_GNU_SOURCE -DDERPD_VERSION='"$(VERSION)"'
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -Wall -Wextra -Werror -pthread $(EXTRA_CFLAGS)
+LDFLAGS  += -pthread $(EXTRA_LDFLAGS)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+# Every module directory contributes all its .c files to one static library;
+# the programs and tests link against it. main.c files are programs, not library.
+MODULES  := server stun acme mesh metrics
+LIB_SRC  := $(filter-out %/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB      := $(BUILD)/libderpd.a
+TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+UNIT     := $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(wildcard test/unit/test_*.c))
+E2E      := $(patsubst test/e2e/%.c,$(BUILD)/test/e2e/%,$(wildcard test/e2e/test_*.c))
+E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
+FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
+
+.PHONY: all deps run test check check-unit check-e2e check-asan check-man \
+        check-flags fuzz install clean bench
+all: derpd $(TOOLS)
+
+deps:
+	@sh scripts/deps.sh
+
+derpd: $(BUILD)/derpd
+	cp $< $@
+
+$(BUILD)/derpd: $(BUILD)/server/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tools/%: $(BUILD)/tools/%.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(BUILD)/test/unit/%: $(BUILD)/test/unit/%.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka -lm
+
+$(BUILD)/test/e2e/%: $(BUILD)/test/e2e/%.o $(E2E_LIB:%.c=$(BUILD)/%.o) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lcmocka -lm
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- the two commands -------------------------------------------------------
+run: deps
+	@$(MAKE) --no-print-directory derpd
+	./derpd -dev
+
+test: deps
+	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory check-asan
+
+check: all $(UNIT) $(E2E) check-man check-flags
+	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
+
+check-unit: all $(UNIT)
+	@sh test/run.sh $(BUILD) $(UNIT)
+
+check-e2e: all $(E2E)
+	@sh test/run.sh $(BUILD) $(E2E)
+
+# The whole suite again, built with AddressSanitizer + UBSan into build-asan/.
+check-asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" CFLAGS="-O1 -g" \
+	  DERPD_BIN=build-asan/derpd check-unit check-e2e
+
+check-man:
+	@out=$$(mandoc -T lint -W warning man/*.[0-9] 2>&1); \
+	 if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; echo "man pages: mandoc lint clean"
+
+check-flags: derpd
+	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \
+	 else echo "check-flags: ../shared/tools/flagcheck not present, skipped"; fi
+
+# libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
+FUZZ_SECONDS ?= 20
+fuzz: $(FUZZ_SRC)
+	@mkdir -p $(BUILD)/fuzz
+	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  clang $(CPPFLAGS) $(PKG_CFLAGS) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -o $(BUILD)/fuzz/$$n $$f $(filter-out %/main.c,$(LIB_SRC)) $(PKG_LIBS) -pthread -lm || exit 1; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+	    test/fuzz/corpus/$$n 2>&1 | tail -n 2 || exit 1; done
+
+install: derpd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0755 derpd $(DESTDIR)$(PREFIX)/bin/derpd
+	install -m 0644 man/derpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/derpd.8
+	@for t in $(TOOLS); do install -m 0755 $$t $(DESTDIR)$(PREFIX)/bin/; done
+	@for p in man/*.1; do [ -f "$$p" ] || continue; install -d $(DESTDIR)$(PREFIX)/share/man/man1; \
+	  install -m 0644 $$p $(DESTDIR)$(PREFIX)/share/man/man1/; done
+
+clean:
+	rm -rf build build-asan derpd

@@ -1,0 +1,79 @@
+/* Data-plane counters, one block per worker so the hot path never shares a cache line.
+ * Only the owning worker writes its block (STAT_ADD); readers (the metrics scrape) sum all
+ * blocks with relaxed loads via server_stats_sum(). Gauges are kept as per-worker deltas
+ * whose sum is the gauge (a connection may be counted up on one worker, down on another). */
+#ifndef DERPD_STATS_H
+#define DERPD_STATS_H
+#include <stdint.h>
+
+enum drop_reason {
+	DROP_UNKNOWN_DEST,
+	DROP_UNKNOWN_DEST_ON_FWD,
+	DROP_GONE_DISCONNECTED,
+	DROP_QUEUE_HEAD,
+	DROP_QUEUE_TAIL,
+	DROP_WRITE_ERROR,
+	DROP_DUP_CLIENT,
+	DROP_NREASONS
+};
+enum packet_kind { KIND_DISCO, KIND_OTHER, KIND_N };
+
+extern const char *const stats_drop_reason_name[DROP_NREASONS]; /* "unknown_dest", ... */
+extern const char *const stats_kind_name[KIND_N];                /* "disco", "other" */
+
+/* derp_buffered_write_frames bucket bounds (le), then +Inf. */
+#define STATS_WRITE_FRAMES_BUCKETS 16
+extern const int stats_write_frames_le[STATS_WRITE_FRAMES_BUCKETS];
+
+/* derp_tcp_rtt labels, in order. */
+enum rtt_bucket { RTT_10MS, RTT_20MS, RTT_50MS, RTT_100MS, RTT_150MS, RTT_250MS, RTT_500MS,
+		  RTT_INF, RTT_NON_TCP, RTT_ERROR, RTT_N };
+extern const char *const stats_rtt_label[RTT_N];
+
+struct derp_stats {
+	/* counters */
+	uint64_t accepts;
+	uint64_t total_dup_client_conns;
+	uint64_t bytes_received, bytes_sent;
+	uint64_t packets_received, packets_sent;
+	uint64_t packets_received_kind[KIND_N];
+	uint64_t home_moves_in, home_moves_out;
+	uint64_t got_ping, sent_pong;
+	uint64_t peer_gone_disconnected_frames, peer_gone_not_here_frames;
+	uint64_t packets_forwarded_out, packets_forwarded_in;
+	uint64_t sclient_write_timeouts;
+	uint64_t websocket_accepts;
+	uint64_t packets_dropped[DROP_NREASONS][KIND_N];
+	uint64_t bytes_dropped[DROP_NREASONS][KIND_N];
+	uint64_t write_frames_bucket[STATS_WRITE_FRAMES_BUCKETS + 1]; /* non-cumulative; last = +Inf */
+	uint64_t write_frames_sum, write_frames_count;
+	uint64_t tcp_rtt[RTT_N];
+	uint64_t queue_ns_sum, queue_count; /* for derp_average_queue_duration_ms */
+	/* gauges (deltas; the sum over workers is the value) */
+	int64_t current_connections;
+	int64_t current_home_connections;
+	int64_t current_notideal_connections;
+	int64_t watchers;
+} __attribute__((aligned(64)));
+
+/* Single-writer increment: a relaxed atomic load/store pair, which compiles to a plain add
+ * but keeps concurrent scrapes free of data races. */
+#define STAT_ADD(st, field, n) \
+	__atomic_store_n(&(st)->field, __atomic_load_n(&(st)->field, __ATOMIC_RELAXED) + (n), \
+			 __ATOMIC_RELAXED)
+
+/* Everything a scrape needs from the relay, summed over workers plus the map's gauges. */
+struct derp_stats_snapshot {
+	struct derp_stats sum;
+	int64_t clients_local;          /* distinct local keys */
+	int64_t clients_remote;         /* keys known only via mesh */
+	int64_t current_dup_client_keys;
+	int64_t current_dup_client_conns;
+	double average_queue_duration_ms;
+	double memstats_sys0;
+};
+
+/* Fill snap from every worker's block and the client map. Safe from any thread. */
+void server_stats_sum(struct derp_stats_snapshot *snap);
+
+#endif
