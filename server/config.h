@@ -43,6 +43,7 @@ struct config {
 	/* derpd extensions */
 	int workers;                  /* --workers, default: number of CPUs */
 	int verbose;                  /* --verbose */
+	const char *metrics_addr;     /* --metrics-addr host:port, "" = none (issue 4) */
 	int64_t keepalive_ms;         /* --keepalive-interval, 60s (plus per-connection jitter) */
 
 	/* derived by config_parse */
