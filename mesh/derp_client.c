@@ -558,6 +558,10 @@ static struct derp_client *client_new(int fd, const uint8_t *priv)
 		return NULL;
 	}
 	c->fd = fd;
+	/* every wait is a poll() with a deadline, so the socket must never block */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 	c->timeout_ms = DERP_CLIENT_DEFAULT_TIMEOUT_MS;
 	if (priv)
 		memcpy(c->priv, priv, 32);
