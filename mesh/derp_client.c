@@ -474,13 +474,13 @@ int derp_client_finish(struct derp_client *c)
 	return parse_server_info(c, p, len);
 }
 
-/* Read the response head; check 101 and remember Derp-Public-Key (not required). */
+/* Read the response head and check for 101 (a Go client checks nothing else). */
 static int read_http_head(struct derp_client *c, int64_t deadline)
 {
 	char *end;
 
 	for (;;) {
-		end = memmem(c->rbuf + c->rpos, c->rlen - c->rpos, "\r\n\r\n", 4);
+		end = c->rbuf ? memmem(c->rbuf + c->rpos, c->rlen - c->rpos, "\r\n\r\n", 4) : NULL;
 		if (end)
 			break;
 		if (c->rlen - c->rpos >= MAX_HTTP_HEAD) {
