@@ -5,6 +5,14 @@
 #include <sys/socket.h>
 #include "server/stats.h"
 
+struct config;
+/* Bind one SO_REUSEPORT listener per worker on cfg's -a and start the workers. */
+int server_start(const struct config *cfg, const uint8_t priv[32], char *err, size_t errlen);
+/* Stop accepting, close every connection, join the workers. */
+void server_stop(void);
+/* The bound TCP port (useful with -a :0). */
+int server_port(void);
+
 /* The server's public key (valid after start-up). */
 const uint8_t *server_public_key(void);
 

@@ -1,0 +1,239 @@
+/* Connection life: accept -> HTTP head -> upgrade -> handshake -> running -> close.
+ * Each stage has a deadline, kept in the worker's timer wheel. */
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "server/frame.h"
+#include "server/key.h"
+#include "server/log.h"
+#include "server/relay.h"
+#include "server/sentto.h"
+
+#define HTTP_HEAD_TIMEOUT_MS 30000  /* derper's HTTP read timeout */
+#define HANDSHAKE_TIMEOUT_MS 10000  /* PROTOCOL.md §6: ServerKey write, ClientInfo read */
+#define KEEPALIVE_JITTER_MS 5000
+
+static void addr_to_ip16(struct conn *c, const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		memset(c->ip16, 0, 10);
+		c->ip16[10] = c->ip16[11] = 0xff;
+		memcpy(c->ip16 + 12, &in->sin_addr, 4);
+		c->port = ntohs(in->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		memcpy(c->ip16, &in6->sin6_addr, 16);
+		c->port = ntohs(in6->sin6_port);
+	}
+}
+
+static void set_tcp_options(int fd)
+{
+	const struct config *cfg = relay.cfg;
+	int one = 1;
+
+	/* Go sets TCP_NODELAY on every connection; DERP frames are latency sensitive. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (cfg->tcp_keepalive_ms > 0) {
+		int secs = (int)(cfg->tcp_keepalive_ms / 1000);
+		if (secs < 1)
+			secs = 1;
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
+	}
+}
+
+struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa)
+{
+	struct conn *c = calloc(1, sizeof *c);
+	struct epoll_event ev;
+
+	if (!c)
+		return NULL;
+	c->w = w;
+	c->fd = fd;
+	c->state = CS_HTTP;
+	c->id = __atomic_add_fetch(&relay.next_conn_id, 1, __ATOMIC_RELAXED);
+	c->member.key = c->key;
+	c->member.owner = c;
+	c->created_ms = now_ms();
+	c->nothere_tokens = 3;
+	c->nothere_ms = c->created_ms;
+	addr_to_ip16(c, sa);
+	sendq_init(&c->q);
+	set_tcp_options(fd);
+	/* Edge-triggered, registered once: no epoll_ctl per write stall. */
+	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+	ev.data.ptr = c;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		sendq_close(&c->q, &w->stats);
+		free(c);
+		return NULL;
+	}
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	c->deadline_ms = c->created_ms + HTTP_HEAD_TIMEOUT_MS;
+	worker_timer_set(c, c->deadline_ms);
+	return c;
+}
+
+void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len)
+{
+	if (c->llen + len > c->lcap) {
+		uint32_t cap = c->lcap ? c->lcap : 256;
+		while (cap < c->llen + len)
+			cap *= 2;
+		uint8_t *b = realloc(c->lbuf, cap);
+		if (!b) {
+			conn_close(c, "out of memory");
+			return;
+		}
+		c->lbuf = b;
+		c->lcap = cap;
+	}
+	memcpy(c->lbuf + c->llen, bytes, len);
+	c->llen += len;
+}
+
+/* The next moment anything is due for c. */
+static void conn_rearm(struct conn *c)
+{
+	int64_t at = c->deadline_ms;
+
+	if (c->state == CS_RUNNING && (!at || c->keepalive_ms < at))
+		at = c->keepalive_ms;
+	if (c->stall_ms && relay.cfg->tcp_write_timeout_ms > 0) {
+		int64_t t = c->stall_ms + relay.cfg->tcp_write_timeout_ms;
+		if (!at || t < at)
+			at = t;
+	}
+	if (at)
+		worker_timer_set(c, at);
+}
+
+void conn_on_timer(struct conn *c, int64_t now)
+{
+	if (c->deadline_ms && now >= c->deadline_ms) {
+		conn_close(c, c->state == CS_HTTP ? "timeout reading HTTP request"
+						   : "timeout waiting for client info");
+		return;
+	}
+	if (c->stall_ms && relay.cfg->tcp_write_timeout_ms > 0 && !c->is_mesh &&
+	    now - c->stall_ms >= relay.cfg->tcp_write_timeout_ms) {
+		STAT_ADD(&c->w->stats, sclient_write_timeouts, 1);
+		conn_close(c, "write timeout");
+		return;
+	}
+	if (c->state == CS_RUNNING && now >= c->keepalive_ms) {
+		uint8_t ka[5];
+		conn_queue_local(c, ka, (uint32_t)frame_keep_alive(ka));
+		c->keepalive_ms = now + relay.cfg->keepalive_ms;
+		if (conn_flush(c) < 0)
+			return;
+	}
+	conn_rearm(c);
+}
+
+/* Called once the client is admitted: start the keepalive clock (with jitter). */
+void conn_start_running(struct conn *c)
+{
+	c->state = CS_RUNNING;
+	c->deadline_ms = 0;
+	c->keepalive_ms = now_ms() + relay.cfg->keepalive_ms +
+			  (int64_t)(random() % KEEPALIVE_JITTER_MS);
+	conn_rearm(c);
+}
+
+void conn_set_stalled(struct conn *c, int stalled)
+{
+	if (stalled && !c->stall_ms) {
+		c->stall_ms = now_ms();
+		conn_rearm(c);
+	} else if (!stalled) {
+		c->stall_ms = 0;
+	}
+}
+
+static void ready_unlink(struct conn *c)
+{
+	struct worker *w = c->w;
+
+	pthread_mutex_lock(&w->ready_mu);
+	if (c->on_ready) {
+		struct conn **pp = &w->ready;
+		while (*pp && *pp != c)
+			pp = &(*pp)->ready_next;
+		if (*pp)
+			*pp = c->ready_next;
+		c->on_ready = 0;
+	}
+	pthread_mutex_unlock(&w->ready_mu);
+}
+
+void conn_close(struct conn *c, const char *why)
+{
+	struct worker *w = c->w;
+	struct derp_stats *st = &w->stats;
+
+	if (c->state == CS_CLOSED)
+		return;
+	if (c->registered) {
+		char ks[8];
+		key_short(ks, c->key);
+		log_debug("derp: conn %llu %s: closing: %s", (unsigned long long)c->id, ks, why);
+		/* After this no other thread can find c, so nobody pushes to it any more. */
+		if (client_map_unregister(relay.map, &c->member))
+			relay_peer_gone(c);
+		STAT_ADD(st, current_connections, -1);
+		if (c->preferred)
+			STAT_ADD(st, current_home_connections, -1);
+		if (c->not_ideal)
+			STAT_ADD(st, current_notideal_connections, -1);
+		c->registered = 0;
+	} else {
+		log_debug("derp: conn %llu: closing before login: %s", (unsigned long long)c->id, why);
+	}
+	c->state = CS_CLOSED;
+	worker_timer_del(c);
+	ready_unlink(c);
+	close(c->fd); /* also removes it from the epoll set */
+	c->fd = -1;
+	sendq_close(&c->q, st);
+	if (c->out) {
+		for (int i = 0; i < c->out->npkt; i++) {
+			sendq_count_drop(st, DROP_GONE_DISCONNECTED, &c->out->pkt[i]);
+			chunk_put(c->out->pkt[i].c);
+		}
+		worker_batch_put(w, c->out);
+		c->out = NULL;
+	}
+	if (c->rchunk) {
+		chunk_put(c->rchunk);
+		c->rchunk = NULL;
+	}
+	/* Move from the live list to the grave; freed once this loop turn is over. */
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = NULL;
+	c->next = w->grave;
+	w->grave = c;
+}
+
+void conn_free(struct conn *c)
+{
+	sentto_free(c->sent);
+	free(c->lbuf);
+	free(c);
+}

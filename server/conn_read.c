@@ -1,0 +1,252 @@
+/* Reading DERP frames. One read(2) fills a chunk with as many frames as arrived; a
+ * SendPacket is rewritten in place into the RecvPacket its receiver will get and queued
+ * as a reference into the chunk, so its payload is never copied. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/frame.h"
+#include "server/log.h"
+#include "server/relay.h"
+
+#define READ_BUDGET 8 /* reads per wake-up before giving other connections a turn */
+#define HOME_MOVE_GRACE_MS 5000
+
+/* What to do with a frame once its header is known (PROTOCOL.md §13). */
+enum verdict { V_BUFFER, V_DISCARD, V_CLOSE };
+
+static enum verdict judge(const struct conn *c, uint8_t type, uint32_t len, const char **why)
+{
+	if (c->state == CS_HANDSHAKE) {
+		if (type != FRAME_CLIENT_INFO)
+			return *why = "bad frame type before client info", V_CLOSE;
+		if (len < CLIENTINFO_MIN)
+			return *why = "short client info", V_CLOSE;
+		if (len > CLIENTINFO_MAX)
+			return *why = "long client info", V_CLOSE;
+		return V_BUFFER;
+	}
+	switch (type) {
+	case FRAME_SEND_PACKET:
+		if (len < DERP_KEY_LEN)
+			return *why = "short send packet frame", V_CLOSE;
+		if (len - DERP_KEY_LEN > DERP_MAX_PACKET)
+			return *why = "send packet too long", V_CLOSE;
+		return V_BUFFER;
+	case FRAME_NOTE_PREFERRED:
+		if (len != 1)
+			return *why = "bad note preferred length", V_CLOSE;
+		return V_BUFFER;
+	case FRAME_PING:
+		if (len < PING_MIN)
+			return *why = "short ping", V_CLOSE;
+		if (len > PING_MAX)
+			return *why = "ping body too large", V_CLOSE;
+		return V_BUFFER;
+	case FRAME_FORWARD_PACKET:
+	case FRAME_WATCH_CONNS:
+	case FRAME_CLOSE_PEER:
+		/* Mesh-only frames; the regional mesh is not built yet, so no client holds the
+		 * privilege and these always close, as upstream does for non-mesh clients. */
+		return *why = "insufficient permissions for mesh frame", V_CLOSE;
+	default:
+		return V_DISCARD;
+	}
+}
+
+static void note_preferred(struct conn *c, int pref)
+{
+	struct derp_stats *st = &c->w->stats;
+
+	if (pref == c->preferred)
+		return;
+	c->preferred = (uint8_t)pref;
+	STAT_ADD(st, current_home_connections, pref ? 1 : -1);
+	if (now_ms() - c->created_ms > HOME_MOVE_GRACE_MS) {
+		if (pref)
+			STAT_ADD(st, home_moves_in, 1);
+		else
+			STAT_ADD(st, home_moves_out, 1);
+	}
+}
+
+static void send_packet(struct conn *c, uint8_t *frame, uint32_t len)
+{
+	struct derp_stats *st = &c->w->stats;
+	uint8_t *payload = frame + FRAME_HEADER_LEN, dst[DERP_KEY_LEN];
+	uint32_t n = len - DERP_KEY_LEN;
+	int disco = frame_is_disco(payload + DERP_KEY_LEN, n);
+	struct pkt p = { c->rchunk, frame, FRAME_HEADER_LEN + len, 0 };
+
+	STAT_ADD(st, packets_received, 1);
+	STAT_ADD(st, bytes_received, n);
+	STAT_ADD(st, packets_received_kind[disco ? KIND_DISCO : KIND_OTHER], 1);
+	/* SendPacket(dst, pkt) and RecvPacket(src, pkt) have the same length. */
+	memcpy(dst, payload, DERP_KEY_LEN);
+	frame[0] = FRAME_RECV_PACKET;
+	memcpy(payload, c->key, DERP_KEY_LEN);
+	relay_route(c, dst, &p, disco);
+}
+
+/* Returns -1 if the connection was closed. */
+static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t len)
+{
+	uint8_t *payload = frame + FRAME_HEADER_LEN;
+
+	if (c->state == CS_HANDSHAKE) {
+		if (conn_client_info(c, payload, len) != 0) {
+			conn_close(c, "client info rejected");
+			return -1;
+		}
+		return conn_flush(c);
+	}
+	switch (type) {
+	case FRAME_SEND_PACKET:
+		send_packet(c, frame, len);
+		break;
+	case FRAME_NOTE_PREFERRED:
+		note_preferred(c, payload[0] != 0);
+		break;
+	case FRAME_PING:
+		/* One pong slot: a ping arriving while one is pending is ignored (upstream). */
+		if (!c->pong_pending) {
+			memcpy(c->pong, payload, 8);
+			c->pong_pending = 1;
+			worker_mark_ready(c); /* our own list: drained at the end of this turn */
+		}
+		break;
+	}
+	return 0;
+}
+
+/* Parse every complete frame in the buffer. Returns -1 if the connection was closed. */
+static int parse_frames(struct conn *c)
+{
+	for (;;) {
+		uint32_t avail = c->rend - c->rstart;
+		if (c->discard) {
+			uint32_t k = c->discard < avail ? (uint32_t)c->discard : avail;
+			c->rstart += k;
+			c->discard -= k;
+			if (c->discard)
+				return 0;
+			continue;
+		}
+		if (avail < FRAME_HEADER_LEN)
+			return 0;
+		uint8_t *frame = c->rchunk->data + c->rstart, type;
+		uint32_t len;
+		const char *why = NULL;
+		frame_get_header(frame, &type, &len);
+		switch (judge(c, type, len, &why)) {
+		case V_CLOSE:
+			if (type == FRAME_PING)
+				STAT_ADD(&c->w->stats, got_ping, 1);
+			conn_close(c, why);
+			return -1;
+		case V_DISCARD:
+			client_map_note_activity(relay.map, &c->member);
+			c->rstart += FRAME_HEADER_LEN;
+			c->discard = len;
+			continue;
+		case V_BUFFER:
+			break;
+		}
+		if (avail - FRAME_HEADER_LEN < len)
+			return 0; /* incomplete; ensure_space() makes room for all of it */
+		if (type == FRAME_PING)
+			STAT_ADD(&c->w->stats, got_ping, 1);
+		if (c->state == CS_RUNNING)
+			client_map_note_activity(relay.map, &c->member);
+		c->rstart += FRAME_HEADER_LEN + len;
+		if (handle_frame(c, type, frame, len) < 0)
+			return -1;
+	}
+}
+
+/* Bytes the frame in progress needs in total (0 if its header is not in yet). */
+static uint32_t frame_in_progress(const struct conn *c)
+{
+	uint32_t avail = c->rend - c->rstart;
+	uint8_t type;
+	uint32_t len;
+
+	if (c->discard || avail < FRAME_HEADER_LEN)
+		return 0;
+	frame_get_header(c->rchunk->data + c->rstart, &type, &len);
+	return FRAME_HEADER_LEN + len; /* judge() already bounded len for buffered frames */
+}
+
+/* Make room to read: the frame in progress must end up whole in one chunk. A chunk that
+ * queued packets still point into is never written over; unparsed bytes move to a fresh
+ * one (only the partial frame is copied). */
+static int ensure_space(struct conn *c)
+{
+	uint32_t want = frame_in_progress(c);
+
+	if (!c->rchunk) {
+		c->rchunk = chunk_get(want);
+		c->rstart = c->rend = 0;
+		return c->rchunk ? 0 : -1;
+	}
+	if (c->rend < c->rchunk->cap && (!want || c->rstart + want <= c->rchunk->cap))
+		return 0;
+	uint32_t partial = c->rend - c->rstart;
+	if (!chunk_shared(c->rchunk) && (want ? want : CHUNK_SIZE) <= c->rchunk->cap) {
+		memmove(c->rchunk->data, c->rchunk->data + c->rstart, partial);
+	} else {
+		struct chunk *nc = chunk_get(want > partial ? want : partial);
+		if (!nc)
+			return -1;
+		memcpy(nc->data, c->rchunk->data + c->rstart, partial);
+		chunk_put(c->rchunk);
+		c->rchunk = nc;
+	}
+	c->rstart = 0;
+	c->rend = partial;
+	return 0;
+}
+
+void conn_on_readable(struct conn *c)
+{
+	if (c->state == CS_HTTP) {
+		if (conn_http(c) < 0 || c->state == CS_HTTP)
+			return;
+		/* Upgraded: a fast-start client's ClientInfo may already be in the socket, and
+		 * with edge-triggered epoll nothing would tell us again. Fall through. */
+		if (conn_flush(c) < 0)
+			return;
+	}
+	for (int i = 0; i < READ_BUDGET; i++) {
+		if (ensure_space(c) != 0) {
+			conn_close(c, "out of memory");
+			return;
+		}
+		ssize_t n = read(c->fd, c->rchunk->data + c->rend, c->rchunk->cap - c->rend);
+		if (n == 0) {
+			conn_close(c, c->rend > c->rstart || c->discard ? "EOF mid-frame" : "EOF");
+			return;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			conn_close(c, strerror(errno));
+			return;
+		}
+		c->rend += (uint32_t)n;
+		if (parse_frames(c) < 0)
+			return;
+		if (i == READ_BUDGET - 1) {
+			/* More may be waiting, and edge-triggered epoll will not say so again. */
+			c->read_more = 1;
+			worker_mark_ready(c);
+		}
+	}
+	/* Idle connections hold no buffer. */
+	if (c->rchunk && c->rstart == c->rend) {
+		chunk_put(c->rchunk);
+		c->rchunk = NULL;
+	}
+}

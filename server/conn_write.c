@@ -1,0 +1,148 @@
+/* Writing to a connection: gather everything pending (frames this worker made, frames
+ * other threads pushed, queued packets) into one batch and write it with one writev(2).
+ * A partially written batch stays in flight until the socket takes the rest. */
+#include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include "server/frame.h"
+#include "server/relay.h"
+
+#define FLUSH_ROUNDS 8 /* batches per turn before letting other connections write */
+
+const int stats_write_frames_le[STATS_WRITE_FRAMES_BUCKETS] = {
+	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 50, 100,
+};
+
+static struct outbatch *build_batch(struct conn *c)
+{
+	struct outbatch *b = worker_batch_get(c->w);
+	int more = 0;
+
+	if (!b)
+		return NULL;
+	if (c->llen) {
+		/* lbuf is a byte stream: a long one may span batches. */
+		uint32_t k = c->llen < BATCH_CTRL ? c->llen : BATCH_CTRL;
+		memcpy(b->ctrl, c->lbuf, k);
+		memmove(c->lbuf, c->lbuf + k, c->llen - k);
+		c->llen -= k;
+		b->ctrl_len = k;
+		b->nframes++;
+		more = c->llen > 0;
+	}
+	if (c->state == CS_RUNNING) {
+		if (c->pong_pending && b->ctrl_len + 13 <= BATCH_CTRL) {
+			b->ctrl_len += (uint32_t)frame_pong(b->ctrl + b->ctrl_len, c->pong);
+			c->pong_pending = 0;
+			b->nframes++;
+			STAT_ADD(&c->w->stats, sent_pong, 1);
+		}
+		int qmore = 0;
+		uint32_t before = b->ctrl_len;
+		b->npkt = sendq_take(&c->q, b->pkt, BATCH_PKTS, b->ctrl, &b->ctrl_len, BATCH_CTRL,
+				     &qmore);
+		if (b->ctrl_len > before)
+			b->nframes++;
+		more |= qmore | c->pong_pending;
+	}
+	if (b->ctrl_len)
+		b->iov[b->niov++] = (struct iovec){ b->ctrl, b->ctrl_len };
+	for (int i = 0; i < b->npkt; i++)
+		b->iov[b->niov++] = (struct iovec){ b->pkt[i].frame, b->pkt[i].len };
+	b->nframes += b->npkt;
+	if (more)
+		worker_mark_ready(c); /* our own list: no wake-up needed */
+	if (!b->niov) {
+		worker_batch_put(c->w, b);
+		return NULL;
+	}
+	return b;
+}
+
+static void batch_done(struct conn *c, struct outbatch *b)
+{
+	struct derp_stats *st = &c->w->stats;
+	int bucket = STATS_WRITE_FRAMES_BUCKETS;
+
+	for (int i = 0; i < b->npkt; i++) {
+		STAT_ADD(st, packets_sent, 1);
+		STAT_ADD(st, bytes_sent, b->pkt[i].len - FRAME_HEADER_LEN - DERP_KEY_LEN);
+		chunk_put(b->pkt[i].c);
+	}
+	for (int i = 0; i < STATS_WRITE_FRAMES_BUCKETS; i++)
+		if (b->nframes <= stats_write_frames_le[i]) {
+			bucket = i;
+			break;
+		}
+	STAT_ADD(st, write_frames_bucket[bucket], 1);
+	STAT_ADD(st, write_frames_sum, (uint64_t)b->nframes);
+	STAT_ADD(st, write_frames_count, 1);
+	worker_batch_put(c->w, b);
+}
+
+static void batch_advance(struct outbatch *b, size_t n)
+{
+	while (n > 0) {
+		struct iovec *v = &b->iov[b->iov_idx];
+		if (n < v->iov_len) {
+			v->iov_base = (uint8_t *)v->iov_base + n;
+			v->iov_len -= n;
+			return;
+		}
+		n -= v->iov_len;
+		b->iov_idx++;
+	}
+}
+
+static void write_failed(struct conn *c, int err)
+{
+	struct outbatch *b = c->out;
+
+	for (int i = 0; i < b->npkt; i++) {
+		sendq_count_drop(&c->w->stats, DROP_WRITE_ERROR, &b->pkt[i]);
+		chunk_put(b->pkt[i].c);
+	}
+	b->npkt = 0;
+	conn_close(c, strerror(err));
+}
+
+int conn_flush(struct conn *c)
+{
+	for (int round = 0; round < FLUSH_ROUNDS; round++) {
+		if (c->state == CS_CLOSED)
+			return -1;
+		if (!c->out && !(c->out = build_batch(c))) {
+			conn_set_stalled(c, 0);
+			return 0;
+		}
+		struct outbatch *b = c->out;
+		ssize_t n = writev(c->fd, b->iov + b->iov_idx, b->niov - b->iov_idx);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				conn_set_stalled(c, 1);
+				return 0;
+			}
+			write_failed(c, errno);
+			return -1;
+		}
+		conn_set_stalled(c, 0);
+		batch_advance(b, (size_t)n);
+		if (b->iov_idx < b->niov) {
+			conn_set_stalled(c, 1); /* the socket buffer is full; EPOLLOUT resumes us */
+			return 0;
+		}
+		c->out = NULL;
+		batch_done(c, b);
+	}
+	worker_mark_ready(c); /* more than one turn's worth: continue next turn */
+	return 0;
+}
+
+void conn_on_writable(struct conn *c)
+{
+	if (c->state != CS_HTTP)
+		conn_flush(c);
+}

@@ -1,0 +1,154 @@
+/* The DERP login (PROTOCOL.md §6): ServerKey out, ClientInfo in (NaCl box of JSON),
+ * register, ServerInfo out. */
+#include <jansson.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "server/frame.h"
+#include "server/handshake.h"
+#include "server/key.h"
+#include "server/log.h"
+#include "server/relay.h"
+
+#define HANDSHAKE_TIMEOUT_MS 10000
+
+/* Go's encoding/json rules for ClientInfo: keys match case-insensitively, unknown keys
+ * are ignored, null leaves a field unset (except meshKey, whose text decoder rejects it),
+ * and a value of the wrong type is an error. */
+int handshake_parse_client_info(const char *json, size_t len, struct client_info *ci,
+				char *err, size_t errlen)
+{
+	json_error_t jerr;
+	json_t *root = json_loadb(json, len, JSON_DECODE_ANY, &jerr);
+	const char *k;
+	json_t *v;
+	int rc = -1;
+
+	memset(ci, 0, sizeof *ci);
+	if (!root) {
+		snprintf(err, errlen, "invalid JSON: %s", jerr.text);
+		return -1;
+	}
+	if (json_is_null(root)) {
+		rc = 0;
+		goto out;
+	}
+	if (!json_is_object(root)) {
+		snprintf(err, errlen, "client info is not a JSON object");
+		goto out;
+	}
+	json_object_foreach(root, k, v) {
+		if (strcasecmp(k, "meshKey") == 0) {
+			if (!json_is_string(v) ||
+			    key_from_hex(ci->mesh_key, json_string_value(v), json_string_length(v))) {
+				snprintf(err, errlen, "invalid mesh key");
+				goto out;
+			}
+			ci->has_mesh_key = !key_is_zero(ci->mesh_key);
+			continue;
+		}
+		if (json_is_null(v))
+			continue;
+		if (strcasecmp(k, "version") == 0) {
+			if (!json_is_integer(v)) {
+				snprintf(err, errlen, "version: not an integer");
+				goto out;
+			}
+			ci->version = json_integer_value(v);
+		} else if (strcasecmp(k, "CanAckPings") == 0 || strcasecmp(k, "IsProber") == 0) {
+			if (!json_is_boolean(v)) {
+				snprintf(err, errlen, "%s: not a boolean", k);
+				goto out;
+			}
+			if (strcasecmp(k, "IsProber") == 0)
+				ci->is_prober = json_is_true(v);
+			else
+				ci->can_ack_pings = json_is_true(v);
+		} else if (strcasecmp(k, "AppName") == 0) {
+			if (!json_is_string(v)) {
+				snprintf(err, errlen, "AppName: not a string");
+				goto out;
+			}
+		}
+	}
+	rc = 0;
+out:
+	json_decref(root);
+	return rc;
+}
+
+void conn_start_handshake(struct conn *c)
+{
+	c->state = CS_HANDSHAKE;
+	c->deadline_ms = now_ms() + HANDSHAKE_TIMEOUT_MS;
+	worker_timer_set(c, c->deadline_ms);
+}
+
+static int send_server_info(struct conn *c)
+{
+	static const char info[] = "{\"version\":2}";
+	uint8_t frame[FRAME_HEADER_LEN + DERP_NONCE_LEN + DERP_BOX_OVERHEAD + sizeof info - 1];
+	uint8_t *nonce = frame + FRAME_HEADER_LEN;
+
+	frame_put_header(frame, FRAME_SERVER_INFO, sizeof frame - FRAME_HEADER_LEN);
+	randombytes_buf(nonce, DERP_NONCE_LEN);
+	if (crypto_box_easy(nonce + DERP_NONCE_LEN, (const uint8_t *)info, sizeof info - 1, nonce,
+			    c->key, relay.priv) != 0)
+		return -1;
+	conn_queue_local(c, frame, sizeof frame);
+	return 0;
+}
+
+int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
+{
+	const uint8_t *ckey = payload, *nonce = payload + DERP_KEY_LEN;
+	const uint8_t *box = nonce + DERP_NONCE_LEN;
+	size_t boxlen = len - DERP_KEY_LEN - DERP_NONCE_LEN;
+	struct client_info ci;
+	char err[160], ks[8];
+	uint8_t *plain;
+
+	if (boxlen < DERP_BOX_OVERHEAD || key_is_zero(ckey)) {
+		log_info("derp: conn %llu: bad client info: %s", (unsigned long long)c->id,
+			 boxlen < DERP_BOX_OVERHEAD ? "box too short" : "zero client key");
+		return -1;
+	}
+	plain = malloc(boxlen - DERP_BOX_OVERHEAD + 1);
+	if (!plain)
+		return -1;
+	if (crypto_box_open_easy(plain, box, boxlen, nonce, ckey, relay.priv) != 0) {
+		key_short(ks, ckey);
+		log_info("derp: conn %llu %s: client info box does not open",
+			 (unsigned long long)c->id, ks);
+		free(plain);
+		return -1;
+	}
+	int rc = handshake_parse_client_info((const char *)plain, boxlen - DERP_BOX_OVERHEAD, &ci,
+					     err, sizeof err);
+	free(plain);
+	if (rc != 0) {
+		key_short(ks, ckey);
+		log_info("derp: conn %llu %s: bad client info: %s", (unsigned long long)c->id, ks,
+			 err);
+		return -1;
+	}
+	memcpy(c->key, ckey, DERP_KEY_LEN);
+	c->is_mesh = relay.have_mesh_key && ci.has_mesh_key &&
+		     key_equal_ct(ci.mesh_key, relay.mesh_key);
+	c->is_prober = ci.is_prober;
+
+	client_map_register(relay.map, &c->member);
+	c->registered = 1;
+	STAT_ADD(&c->w->stats, current_connections, 1);
+	if (c->not_ideal)
+		STAT_ADD(&c->w->stats, current_notideal_connections, 1);
+	if (send_server_info(c) != 0)
+		return -1;
+	key_short(ks, c->key);
+	log_debug("derp: conn %llu %s: logged in%s", (unsigned long long)c->id, ks,
+		  c->fast_start ? " (fast start)" : "");
+	conn_start_running(c);
+	return 0;
+}

@@ -1,0 +1,89 @@
+/* derpd: start-up, signals, shutdown. The work happens in server/ (relay workers) and
+ * stun/ (STUN thread); main only wires them together and waits for a signal. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "server/config.h"
+#include "server/key.h"
+#include "server/keyfile.h"
+#include "server/log.h"
+#include "server/server.h"
+#include "stun/stun.h"
+
+/* derper's design allows hundreds of thousands of connections; each needs a descriptor. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			log_info("derpd: raising the file descriptor limit: %s", strerror(errno));
+	}
+	getrlimit(RLIMIT_NOFILE, &rl);
+	log_info("derpd: file descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg;
+	uint8_t priv[32];
+	char err[256];
+	struct stun_server *stun = NULL;
+	sigset_t sigs;
+	int sig, rc;
+
+	if ((rc = config_parse(&cfg, argc, argv)) != 0)
+		return rc;
+	log_verbose = cfg.verbose;
+	if (key_init() != 0) {
+		log_info("derpd: libsodium initialisation failed");
+		return 1;
+	}
+	/* Signals are taken synchronously by this thread only (sigwait below); the worker
+	 * threads inherit the blocked mask. A peer that vanishes must not kill us by SIGPIPE. */
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	raise_fd_limit();
+
+	if (cfg.dev) {
+		key_generate(priv);
+		log_info("derpd: dev mode: using a fresh in-memory server key");
+	} else if (keyfile_load_or_create(cfg.config_path, priv, err, sizeof err) != 0) {
+		log_info("derpd: config: %s", err);
+		return 1;
+	}
+	if (cfg.run_stun && !(stun = stun_start(cfg.listen_host, cfg.stun_port, err, sizeof err))) {
+		log_info("derpd: STUN: %s", err);
+		return 1;
+	}
+	if (server_start(&cfg, priv, err, sizeof err) != 0) {
+		log_info("derpd: %s", err);
+		return 1;
+	}
+
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			log_info("derpd: SIGHUP: nothing to reload (no -rate-config); ignored");
+			continue;
+		}
+		break;
+	}
+	log_info("derpd: %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	if (stun)
+		stun_stop(stun);
+	server_stop();
+	log_info("derpd: stopped");
+	return 0;
+}

@@ -1,0 +1,194 @@
+/* Internal to server/: the connection, the worker that owns it, and the send queue other
+ * threads push into. Ownership rule: only a connection's worker reads, writes or frees it;
+ * other threads reach it only through client_map_with_active() -> sendq_push_*() ->
+ * worker_mark_ready(), all while holding the key's map shard lock, which is what keeps the
+ * connection alive for them (it is unregistered before it is freed). */
+#ifndef DERPD_RELAY_H
+#define DERPD_RELAY_H
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "server/chunk.h"
+#include "server/client_map.h"
+#include "server/config.h"
+#include "server/stats.h"
+
+/* ---- packets and send queues (sendq.c) ---- */
+
+/* A queued RecvPacket frame, living inside the chunk it was read into. */
+struct pkt {
+	struct chunk *c;
+	uint8_t *frame;   /* header + source key + payload */
+	uint32_t len;     /* whole frame */
+	uint32_t enq_ms;  /* enqueue time, for derp_average_queue_duration_ms */
+};
+
+/* A small control frame (PeerGone, PeerPresent) pushed by another thread. */
+struct ctrl_frame {
+	struct ctrl_frame *next;
+	uint8_t len;
+	uint8_t bytes[56];
+};
+
+enum { Q_REGULAR, Q_DISCO, Q_N };
+
+struct sendq {
+	pthread_mutex_t mu;
+	struct pkt *slots;              /* Q_N rings of relay.queue_depth, allocated on first push */
+	uint16_t head[Q_N], n[Q_N];
+	struct ctrl_frame *ctrl_head, *ctrl_tail;
+	uint8_t closed;
+};
+
+void sendq_init(struct sendq *q);
+/* Upstream's policy: make room by dropping the oldest; count drops in st. Takes over the
+ * packet's chunk reference either way. */
+void sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
+void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len);
+/* Owner: move up to max packets into out[] (alternating queues) and append whole control
+ * frames into ctrl (up to ctrl_cap). Returns the number of packets. */
+int sendq_take(struct sendq *q, struct pkt *out, int max, uint8_t *ctrl, uint32_t *ctrl_len,
+	       uint32_t ctrl_cap, int *more);
+/* Owner, on close: drop everything (gone_disconnected) and free the queue memory. */
+void sendq_close(struct sendq *q, struct derp_stats *st);
+int sendq_kind(const struct pkt *p); /* KIND_DISCO or KIND_OTHER */
+void sendq_count_drop(struct derp_stats *st, enum drop_reason r, const struct pkt *p);
+
+/* ---- connections (conn.c, conn_read.c, conn_write.c) ---- */
+
+enum conn_state { CS_HTTP, CS_HANDSHAKE, CS_RUNNING, CS_CLOSED };
+
+#define BATCH_PKTS 64
+#define BATCH_CTRL 4096
+
+/* Output in flight: control bytes then packet frames, written with one writev. */
+struct outbatch {
+	struct outbatch *next; /* worker pool */
+	int niov, iov_idx, npkt, nframes;
+	uint32_t ctrl_len;
+	struct iovec iov[BATCH_PKTS + 1];
+	struct pkt pkt[BATCH_PKTS];
+	uint8_t ctrl[BATCH_CTRL];
+};
+
+struct sentto;
+
+struct conn {
+	struct worker *w;
+	int fd;
+	uint8_t state;
+	uint8_t preferred, is_mesh, is_prober, not_ideal, registered, fast_start;
+	uint8_t on_ready;       /* on w->ready; guarded by w->ready_mu */
+	uint8_t pong_pending;
+	uint8_t read_more;      /* read budget ran out with data left: read again next turn */
+	uint8_t pong[8];
+	uint64_t id;
+	uint8_t key[32];
+	struct cm_member member;
+	uint8_t ip16[16];       /* remote address, IPv4-mapped for v4 */
+	uint16_t port;
+
+	/* read side: unparsed bytes are rchunk->data[rstart, rend) */
+	struct chunk *rchunk;
+	uint32_t rstart, rend;
+	uint64_t discard;       /* payload bytes of a skipped frame still to read */
+
+	/* write side */
+	uint8_t *lbuf;          /* frames this worker made for this conn (ServerKey, pong, ...) */
+	uint32_t llen, lcap;
+	struct outbatch *out;
+	struct sendq q;
+
+	/* timers (worker.c wheel) */
+	int64_t created_ms, deadline_ms, stall_ms, keepalive_ms;
+	int64_t timer_ms;
+	struct conn *tnext, *tprev;
+
+	/* PeerGone(NotHere) limiter: 1 token/s, burst 3 */
+	double nothere_tokens;
+	int64_t nothere_ms;
+	struct sentto *sent;    /* keys this conn was handed packets from... see conn.c */
+
+	struct conn *ready_next;
+	struct conn *next, *prev; /* worker's list of all its conns */
+};
+
+struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa);
+void conn_on_readable(struct conn *c);
+void conn_on_writable(struct conn *c);
+void conn_on_timer(struct conn *c, int64_t now);
+void conn_close(struct conn *c, const char *why);
+void conn_free(struct conn *c);
+/* Append a frame this worker made for c to c's local output. */
+void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len);
+void conn_start_handshake(struct conn *c);
+void conn_start_running(struct conn *c);
+/* The socket would not take more output (or took some): drives the write timeout. */
+void conn_set_stalled(struct conn *c, int stalled);
+/* Write what is pending; returns -1 if the connection was closed. */
+int conn_flush(struct conn *c);
+/* Handle a complete request head (http.c). Returns -1 if the connection was closed. */
+int conn_http(struct conn *c);
+/* Handle the ClientInfo frame (handshake.c). Returns -1 on failure (caller closes). */
+int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len);
+
+/* ---- workers (worker.c) ---- */
+
+struct worker {
+	int id;
+	pthread_t thread;
+	int epfd, evfd, lfd;
+	int stop, listen_paused;
+	struct derp_stats stats;
+	pthread_mutex_t ready_mu;
+	struct conn *ready;       /* conns with pending output */
+	struct conn *grave;       /* closed, freed at the end of the loop iteration */
+	struct conn *conns;       /* every live conn of this worker */
+	struct outbatch *batch_pool;
+	int nbatch_pool;
+	uint8_t *scratch;         /* WORKER_SCRATCH bytes for peeking request heads */
+	struct conn **wheel;      /* timer wheel slots */
+	int64_t wheel_ms;         /* time up to which the wheel has been processed */
+} __attribute__((aligned(64)));
+
+#define WORKER_SCRATCH (16 * 1024)
+
+/* Monotonic milliseconds. */
+int64_t now_ms(void);
+/* c has output to write; may be called from any thread holding c's shard lock. Returns the
+ * worker to wake with worker_wake() after the lock is released, or NULL. */
+struct worker *worker_mark_ready(struct conn *c);
+void worker_wake(struct worker *w);
+void worker_timer_set(struct conn *c, int64_t at_ms);
+void worker_timer_del(struct conn *c);
+struct outbatch *worker_batch_get(struct worker *w);
+void worker_batch_put(struct worker *w, struct outbatch *b);
+int worker_start(struct worker *w, int lfd);
+extern __thread struct worker *current_worker;
+
+/* ---- the relay as a whole (server.c) ---- */
+
+struct relay {
+	const struct config *cfg;
+	uint8_t priv[32], pub[32];
+	uint8_t mesh_key[32];
+	int have_mesh_key;
+	struct client_map *map;
+	struct worker *workers;
+	int nworkers;
+	int queue_depth;
+	int64_t start_ms;
+	double memstats_sys0;
+	int port;              /* the bound listen port */
+	uint64_t next_conn_id; /* atomic */
+};
+extern struct relay relay;
+
+/* Route a packet (frame already rewritten as RecvPacket) from conn src to dst key. */
+void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco);
+/* The key of a departed client: tell those who heard from it (PeerGone Disconnected). */
+void relay_peer_gone(struct conn *c);
+
+#endif

@@ -1,0 +1,395 @@
+/* The relay as a whole: listeners and workers, packet routing between connections, and
+ * the read-only views other modules use (stats, client list, consistency check). */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/frame.h"
+#include "server/key.h"
+#include "server/log.h"
+#include "server/relay.h"
+#include "server/sentto.h"
+#include "server/server.h"
+
+#define MAP_SHARDS 256
+#define NOTHERE_BURST 3.0
+
+struct relay relay;
+
+const char *const stats_drop_reason_name[DROP_NREASONS] = {
+	"unknown_dest", "unknown_dest_on_fwd", "gone_disconnected", "queue_head",
+	"queue_tail", "write_error", "dup_client",
+};
+const char *const stats_kind_name[KIND_N] = { "disco", "other" };
+const char *const stats_rtt_label[RTT_N] = {
+	"10ms", "20ms", "50ms", "100ms", "150ms", "250ms", "500ms", "inf", "non-tcp", "error",
+};
+
+/* ---- routing ---- */
+
+struct deliver_arg {
+	const struct pkt *p;
+	int disco;
+	struct worker *wake;
+	uint64_t dst_id;
+};
+
+/* Runs under the destination key's shard lock. */
+static void deliver(void *owner, void *arg)
+{
+	struct conn *dst = owner;
+	struct deliver_arg *a = arg;
+
+	chunk_ref(a->p->c);
+	sendq_push_pkt(&dst->q, a->p, a->disco, &current_worker->stats);
+	a->wake = worker_mark_ready(dst);
+	a->dst_id = dst->id;
+}
+
+/* PeerGone(NotHere) to the sender: a token bucket of 1/s, burst 3 (PROTOCOL.md §7.3). */
+static int nothere_allow(struct conn *c)
+{
+	int64_t now = now_ms();
+
+	c->nothere_tokens += (double)(now - c->nothere_ms) / 1000.0;
+	if (c->nothere_tokens > NOTHERE_BURST)
+		c->nothere_tokens = NOTHERE_BURST;
+	c->nothere_ms = now;
+	if (c->nothere_tokens < 1.0)
+		return 0;
+	c->nothere_tokens -= 1.0;
+	return 1;
+}
+
+void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco)
+{
+	struct deliver_arg a = { p, disco, NULL, 0 };
+	struct derp_stats *st = &current_worker->stats;
+
+	p->enq_ms = (uint32_t)now_ms();
+	switch (client_map_with_active(relay.map, dst, deliver, &a)) {
+	case CM_FOUND:
+		if (a.wake)
+			worker_wake(a.wake);
+		sentto_note(&src->sent, dst, a.dst_id);
+		return;
+	case CM_DUP_FIGHT:
+		sendq_count_drop(st, DROP_DUP_CLIENT, p);
+		return;
+	case CM_UNKNOWN:
+		sendq_count_drop(st, DROP_UNKNOWN_DEST, p);
+		if (disco && nothere_allow(src)) {
+			uint8_t f[38];
+			conn_queue_local(src, f, (uint32_t)frame_peer_gone(f, dst, PEER_GONE_NOT_HERE));
+			STAT_ADD(st, peer_gone_not_here_frames, 1);
+			worker_mark_ready(src);
+		}
+		return;
+	}
+}
+
+struct gone_arg {
+	const uint8_t *key;
+	uint64_t want_id;
+	struct worker *wake;
+};
+
+static void push_gone(void *owner, void *arg)
+{
+	struct conn *dst = owner;
+	struct gone_arg *a = arg;
+	uint8_t f[38];
+
+	/* Only the connection that was handed packets hears of it (upstream's connNum check). */
+	if (dst->id != a->want_id)
+		return;
+	sendq_push_ctrl(&dst->q, f, (uint8_t)frame_peer_gone(f, a->key, PEER_GONE_DISCONNECTED));
+	STAT_ADD(&current_worker->stats, peer_gone_disconnected_frames, 1);
+	a->wake = worker_mark_ready(dst);
+}
+
+static void gone_to(void *arg, const uint8_t dst[32], uint64_t id)
+{
+	struct gone_arg a = { arg, id, NULL };
+
+	client_map_with_active(relay.map, dst, push_gone, &a);
+	if (a.wake)
+		worker_wake(a.wake);
+}
+
+void relay_peer_gone(struct conn *c)
+{
+	sentto_foreach(c->sent, gone_to, c->key);
+}
+
+/* ---- listeners ---- */
+
+static int listen_socket(const struct config *cfg, int port, char *err, size_t errlen)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	char portstr[8];
+	int fd = -1, one = 1, zero = 0;
+
+	snprintf(portstr, sizeof portstr, "%d", port);
+	/* No host: all interfaces, IPv4 and IPv6 on one dual-stack socket (as Go does). */
+	hints.ai_family = cfg->listen_host[0] ? AF_UNSPEC : AF_INET6;
+	int gai = getaddrinfo(cfg->listen_host[0] ? cfg->listen_host : "::", portstr, &hints, &res);
+	if (gai != 0) {
+		snprintf(err, errlen, "-a %s: %s", cfg->addr, gai_strerror(gai));
+		return -1;
+	}
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 && !cfg->listen_host[0]) {
+		/* No IPv6 on this host: fall back to IPv4 only. */
+		struct sockaddr_in *in = calloc(1, sizeof *in);
+		freeaddrinfo(res);
+		res = calloc(1, sizeof *res);
+		if (!in || !res) {
+			free(in);
+			free(res);
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)port);
+		res->ai_family = AF_INET;
+		res->ai_addr = (struct sockaddr *)in;
+		res->ai_addrlen = sizeof *in;
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one),
+				bind(fd, res->ai_addr, res->ai_addrlen) != 0)) {
+			close(fd);
+			fd = -1;
+		}
+		free(in);
+		free(res);
+		res = NULL;
+		if (fd < 0)
+			goto fail;
+		goto listen;
+	}
+	if (fd < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (res->ai_family == AF_INET6 && !cfg->listen_host[0])
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+	if (bind(fd, res->ai_addr, res->ai_addrlen) != 0)
+		goto fail;
+listen:
+	if (cfg->tcp_user_timeout_ms > 0) {
+		unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+	}
+	if (listen(fd, 4096) != 0)
+		goto fail;
+	if (res)
+		freeaddrinfo(res);
+	return fd;
+fail:
+	snprintf(err, errlen, "listen on %s: %s", cfg->addr, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	if (res)
+		freeaddrinfo(res);
+	return -1;
+}
+
+static int bound_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+		return -1;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static long rss_bytes(void)
+{
+	long pages = 0, rss = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if (f) {
+		if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+			rss = 0;
+		fclose(f);
+	}
+	return rss * sysconf(_SC_PAGESIZE);
+}
+
+static int queue_depth_from_env(char *err, size_t errlen)
+{
+	const char *v = getenv("TS_DEBUG_DERP_PER_CLIENT_SEND_QUEUE_DEPTH");
+	char *end;
+
+	if (!v || !*v)
+		return 32;
+	long d = strtol(v, &end, 10);
+	if (*end || d < 1 || d > 32767) {
+		snprintf(err, errlen, "TS_DEBUG_DERP_PER_CLIENT_SEND_QUEUE_DEPTH=%s: want 1..32767", v);
+		return -1;
+	}
+	return (int)d;
+}
+
+int server_start(const struct config *cfg, const uint8_t priv[32], char *err, size_t errlen)
+{
+	relay.cfg = cfg;
+	memcpy(relay.priv, priv, 32);
+	key_public(relay.pub, priv);
+	relay.start_ms = now_ms();
+	relay.memstats_sys0 = (double)rss_bytes();
+	if ((relay.queue_depth = queue_depth_from_env(err, errlen)) < 0)
+		return -1;
+	relay.map = client_map_new(MAP_SHARDS, CM_LAST_WRITER_ACTIVE);
+	relay.nworkers = cfg->workers > 0 ? cfg->workers : 1;
+	relay.workers = aligned_alloc(64, sizeof(struct worker) * relay.nworkers);
+	if (!relay.map || !relay.workers) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	memset(relay.workers, 0, sizeof(struct worker) * relay.nworkers);
+	int port = cfg->listen_port;
+	for (int i = 0; i < relay.nworkers; i++) {
+		struct worker *w = &relay.workers[i];
+		int lfd = listen_socket(cfg, port, err, errlen);
+		if (lfd < 0)
+			return -1;
+		port = bound_port(lfd); /* port 0: every worker joins the first one's port */
+		w->id = i;
+		if (worker_start(w, lfd) != 0) {
+			snprintf(err, errlen, "starting worker %d: %s", i, strerror(errno));
+			return -1;
+		}
+	}
+	char kh[KEY_HEX_LEN + 1];
+	key_to_hex(kh, relay.pub);
+	log_info("derpd: server key %s; %d workers, send queues %d+%d", kh, relay.nworkers,
+		 relay.queue_depth, relay.queue_depth);
+	if (cfg->listen_host[0] && strchr(cfg->listen_host, ':'))
+		log_info("derpd: serving on [%s]:%d", cfg->listen_host, port);
+	else
+		log_info("derpd: serving on %s:%d", cfg->listen_host, port);
+	relay.port = port;
+	return 0;
+}
+
+void server_stop(void)
+{
+	for (int i = 0; i < relay.nworkers; i++) {
+		__atomic_store_n(&relay.workers[i].stop, 1, __ATOMIC_RELEASE);
+		worker_wake(&relay.workers[i]);
+	}
+	for (int i = 0; i < relay.nworkers; i++) {
+		struct worker *w = &relay.workers[i];
+		pthread_join(w->thread, NULL);
+		close(w->lfd);
+		close(w->epfd);
+		close(w->evfd);
+		free(w->scratch);
+		free(w->wheel);
+		pthread_mutex_destroy(&w->ready_mu);
+	}
+	free(relay.workers);
+	relay.workers = NULL;
+	client_map_free(relay.map);
+	relay.map = NULL;
+}
+
+int server_port(void)
+{
+	return relay.port;
+}
+
+/* ---- views for other modules ---- */
+
+const uint8_t *server_public_key(void)
+{
+	return relay.pub;
+}
+
+void server_stats_sum(struct derp_stats_snapshot *snap)
+{
+	/* Every field is a 64-bit word; gauge deltas sum correctly in two's complement. */
+	uint64_t *sum = (uint64_t *)&snap->sum;
+	size_t nw = sizeof(struct derp_stats) / sizeof(uint64_t);
+	struct cm_gauges g;
+
+	memset(snap, 0, sizeof *snap);
+	for (int i = 0; i < relay.nworkers; i++) {
+		const uint64_t *w = (const uint64_t *)&relay.workers[i].stats;
+		for (size_t j = 0; j < nw; j++)
+			sum[j] += __atomic_load_n(&w[j], __ATOMIC_RELAXED);
+	}
+	client_map_gauges(relay.map, &g);
+	snap->clients_local = g.keys;
+	snap->clients_remote = 0;
+	snap->current_dup_client_keys = g.dup_keys;
+	snap->current_dup_client_conns = g.dup_conns;
+	snap->sum.total_dup_client_conns = g.total_dup;
+	if (snap->sum.queue_count)
+		snap->average_queue_duration_ms =
+			(double)snap->sum.queue_ns_sum / (double)snap->sum.queue_count / 1e6;
+	snap->memstats_sys0 = relay.memstats_sys0;
+}
+
+struct foreach_arg {
+	void (*cb)(void *arg, const struct server_client_info *ci);
+	void *arg;
+	int64_t members;
+};
+
+static void foreach_member(void *arg, struct cm_member *m)
+{
+	struct foreach_arg *a = arg;
+	const struct conn *c = m->owner;
+	struct server_client_info ci;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ci.peer;
+
+	a->members++;
+	if (!a->cb)
+		return;
+	memset(&ci, 0, sizeof ci);
+	memcpy(ci.key, c->key, 32);
+	in6->sin6_family = AF_INET6;
+	memcpy(&in6->sin6_addr, c->ip16, 16);
+	in6->sin6_port = htons(c->port);
+	ci.is_mesh_peer = c->is_mesh;
+	ci.is_prober = c->is_prober;
+	ci.preferred = __atomic_load_n(&c->preferred, __ATOMIC_RELAXED);
+	a->cb(a->arg, &ci);
+}
+
+void server_clients_foreach(void (*cb)(void *arg, const struct server_client_info *ci),
+			    void *arg)
+{
+	struct foreach_arg a = { cb, arg, 0 };
+
+	client_map_foreach(relay.map, foreach_member, &a);
+}
+
+int server_consistency_check(char *buf, size_t len)
+{
+	struct derp_stats_snapshot s;
+	struct foreach_arg a = { NULL, NULL, 0 };
+	size_t off = 0;
+
+	buf[0] = '\0';
+	server_stats_sum(&s);
+	client_map_foreach(relay.map, foreach_member, &a);
+	/* Connections register and leave concurrently; a busy server may show a transient
+	 * difference, as upstream's check can. */
+	if (a.members != s.sum.current_connections)
+		off += (size_t)snprintf(buf + off, len - off,
+					"expvar connections = %lld != clients map says of %lld",
+					(long long)s.sum.current_connections, (long long)a.members);
+	return off ? -1 : 0;
+}

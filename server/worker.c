@@ -1,0 +1,282 @@
+/* One worker per CPU: its own SO_REUSEPORT listener, epoll set, timer wheel and ready
+ * list. Every connection accepted here lives and dies on this thread. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/log.h"
+#include "server/relay.h"
+
+#define WHEEL_SLOTS 1024   /* power of two */
+#define WHEEL_TICK_MS 100  /* resolution of every deadline */
+#define ACCEPT_BUDGET 64
+#define BATCH_POOL_MAX 64
+
+__thread struct worker *current_worker;
+
+/* epoll data: the listener and eventfd are told apart from conns by these tags. */
+static char tag_listen, tag_event;
+
+int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- timer wheel: each conn sits in the slot of its next deadline ---- */
+
+static struct conn **wheel_slot(struct worker *w, int64_t at)
+{
+	return &w->wheel[(at / WHEEL_TICK_MS) & (WHEEL_SLOTS - 1)];
+}
+
+void worker_timer_del(struct conn *c)
+{
+	if (!c->timer_ms)
+		return;
+	if (c->tprev)
+		c->tprev->tnext = c->tnext;
+	else
+		*wheel_slot(c->w, c->timer_ms) = c->tnext;
+	if (c->tnext)
+		c->tnext->tprev = c->tprev;
+	c->tnext = c->tprev = NULL;
+	c->timer_ms = 0;
+}
+
+void worker_timer_set(struct conn *c, int64_t at)
+{
+	worker_timer_del(c);
+	if (at <= c->w->wheel_ms)
+		at = c->w->wheel_ms + WHEEL_TICK_MS; /* already due: next tick */
+	struct conn **slot = wheel_slot(c->w, at);
+	c->timer_ms = at;
+	c->tprev = NULL;
+	c->tnext = *slot;
+	if (*slot)
+		(*slot)->tprev = c;
+	*slot = c;
+}
+
+static void wheel_run(struct worker *w, int64_t now)
+{
+	for (int64_t t = w->wheel_ms + WHEEL_TICK_MS; t <= now; t += WHEEL_TICK_MS) {
+		struct conn **slot = wheel_slot(w, t);
+		struct conn *due = NULL;
+		/* Unlink what is due first: handlers re-arm timers, possibly in this slot. */
+		for (struct conn *c = *slot, *next; c; c = next) {
+			next = c->tnext;
+			if (c->timer_ms <= t) {
+				worker_timer_del(c);
+				c->tnext = due;
+				due = c;
+			}
+		}
+		w->wheel_ms = t;
+		while (due) {
+			struct conn *c = due;
+			due = c->tnext;
+			c->tnext = NULL;
+			conn_on_timer(c, now);
+		}
+		if (now - t > WHEEL_SLOTS * WHEEL_TICK_MS)
+			t = now - WHEEL_TICK_MS; /* a long stall: no need to walk every slot twice */
+	}
+}
+
+/* ---- ready list: conns with output, possibly marked by other workers ---- */
+
+struct worker *worker_mark_ready(struct conn *c)
+{
+	struct worker *w = c->w;
+	int was_empty = 0;
+
+	pthread_mutex_lock(&w->ready_mu);
+	if (!c->on_ready) {
+		c->on_ready = 1;
+		was_empty = w->ready == NULL;
+		c->ready_next = w->ready;
+		w->ready = c;
+	}
+	pthread_mutex_unlock(&w->ready_mu);
+	/* The owner drains its list at the end of every loop turn; only a sleeping other
+	 * worker needs the eventfd. */
+	return was_empty && w != current_worker ? w : NULL;
+}
+
+void worker_wake(struct worker *w)
+{
+	uint64_t one = 1;
+
+	if (write(w->evfd, &one, sizeof one) < 0 && errno != EAGAIN)
+		log_info("derpd: worker %d: eventfd write: %s", w->id, strerror(errno));
+}
+
+static void ready_drain(struct worker *w)
+{
+	for (int round = 0; round < 4; round++) {
+		pthread_mutex_lock(&w->ready_mu);
+		struct conn *list = w->ready;
+		w->ready = NULL;
+		for (struct conn *c = list; c; c = c->ready_next)
+			c->on_ready = 0;
+		pthread_mutex_unlock(&w->ready_mu);
+		if (!list)
+			return;
+		while (list) {
+			struct conn *c = list;
+			list = c->ready_next;
+			if (c->state != CS_CLOSED && c->read_more) {
+				c->read_more = 0;
+				conn_on_readable(c);
+			}
+			if (c->state != CS_CLOSED)
+				conn_flush(c);
+		}
+	}
+}
+
+/* ---- output batches are pooled per worker ---- */
+
+struct outbatch *worker_batch_get(struct worker *w)
+{
+	struct outbatch *b = w->batch_pool;
+
+	if (b) {
+		w->batch_pool = b->next;
+		w->nbatch_pool--;
+	} else if (!(b = malloc(sizeof *b))) {
+		return NULL;
+	}
+	b->niov = b->iov_idx = b->npkt = b->nframes = 0;
+	b->ctrl_len = 0;
+	b->next = NULL;
+	return b;
+}
+
+void worker_batch_put(struct worker *w, struct outbatch *b)
+{
+	if (w->nbatch_pool >= BATCH_POOL_MAX) {
+		free(b);
+		return;
+	}
+	b->next = w->batch_pool;
+	w->batch_pool = b;
+	w->nbatch_pool++;
+}
+
+/* ---- accept ---- */
+
+static void listen_pause(struct worker *w, int pause)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &tag_listen };
+
+	if (pause == w->listen_paused)
+		return;
+	epoll_ctl(w->epfd, pause ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, w->lfd, &ev);
+	w->listen_paused = pause;
+}
+
+static void accept_some(struct worker *w)
+{
+	for (int i = 0; i < ACCEPT_BUDGET; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof ss;
+		int fd = accept4(w->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* Out of descriptors: stop accepting for a tick rather than spin; the
+				 * established connections keep being served meanwhile. */
+				log_info("derpd: accept: %s; pausing accepts", strerror(errno));
+				listen_pause(w, 1);
+			}
+			return;
+		}
+		if (!conn_new(w, fd, (struct sockaddr *)&ss))
+			close(fd);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct epoll_event evs[256];
+
+	current_worker = w;
+	w->wheel_ms = now_ms();
+	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+		/* Left-over work on the ready list: poll without sleeping. */
+		int busy = __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL;
+		int n = epoll_wait(w->epfd, evs, 256, busy ? 0 : WHEEL_TICK_MS);
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &tag_listen) {
+				accept_some(w);
+			} else if (p == &tag_event) {
+				uint64_t v;
+				if (read(w->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
+					log_info("derpd: worker %d: eventfd read: %s", w->id, strerror(errno));
+			} else {
+				struct conn *c = p;
+				if (c->state != CS_CLOSED && (evs[i].events & EPOLLOUT))
+					conn_on_writable(c);
+				if (c->state != CS_CLOSED &&
+				    (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+					conn_on_readable(c);
+			}
+		}
+		ready_drain(w);
+		int64_t now = now_ms();
+		if (now - w->wheel_ms >= WHEEL_TICK_MS) {
+			wheel_run(w, now);
+			listen_pause(w, 0);
+		}
+		ready_drain(w);
+		while (w->grave) {
+			struct conn *c = w->grave;
+			w->grave = c->next;
+			conn_free(c);
+		}
+	}
+	/* Shutdown: close every connection this worker owns. */
+	while (w->conns)
+		conn_close(w->conns, "server shutting down");
+	while (w->grave) {
+		struct conn *c = w->grave;
+		w->grave = c->next;
+		conn_free(c);
+	}
+	while (w->batch_pool) {
+		struct outbatch *b = w->batch_pool;
+		w->batch_pool = b->next;
+		free(b);
+	}
+	chunk_cache_drain();
+	return NULL;
+}
+
+int worker_start(struct worker *w, int lfd)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &tag_event };
+
+	w->lfd = lfd;
+	pthread_mutex_init(&w->ready_mu, NULL);
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	w->scratch = malloc(WORKER_SCRATCH);
+	w->wheel = calloc(WHEEL_SLOTS, sizeof *w->wheel);
+	if (w->epfd < 0 || w->evfd < 0 || !w->scratch || !w->wheel)
+		return -1;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev) != 0)
+		return -1;
+	w->listen_paused = 1;
+	listen_pause(w, 0);
+	return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : -1;
+}
