@@ -134,14 +134,14 @@ static int host_resolve(const char *host, struct sockaddr_storage *ss, socklen_t
 		n -= 2;
 	}
 	if (n >= sizeof h) {
-		snprintf(err, errlen, "stun: host name too long");
+		snprintf(err, errlen, "listen host too long");
 		return -1;
 	}
 	memcpy(h, host, n);
 	h[n] = 0;
 	int r = getaddrinfo(h, NULL, &hints, &res);
 	if (r != 0) {
-		snprintf(err, errlen, "stun: resolve %s: %s", h, gai_strerror(r));
+		snprintf(err, errlen, "resolve %s: %s", h, gai_strerror(r));
 		return -1;
 	}
 	for (ai = res; ai && !pick; ai = ai->ai_next)
@@ -152,7 +152,7 @@ static int host_resolve(const char *host, struct sockaddr_storage *ss, socklen_t
 			pick = ai;
 	if (!pick) {
 		freeaddrinfo(res);
-		snprintf(err, errlen, "stun: resolve %s: no IPv4 or IPv6 address", h);
+		snprintf(err, errlen, "resolve %s: no IPv4 or IPv6 address", h);
 		return -1;
 	}
 	memcpy(ss, pick->ai_addr, pick->ai_addrlen);
@@ -179,7 +179,7 @@ static int bind_all(struct stun_server *s, int port, char *err, size_t errlen)
 		int fd4 = udp_bind(&ss4, sizeof sin, 0);
 		if (fd4 < 0) {
 			addr_format((struct sockaddr *)&ss4, a, sizeof a);
-			snprintf(err, errlen, "stun: listen udp %s: %s", a, strerror(errno));
+			snprintf(err, errlen, "listen udp %s: %s", a, strerror(errno));
 			return -1;
 		}
 		int p = bound_port(fd4);
@@ -197,7 +197,7 @@ static int bind_all(struct stun_server *s, int port, char *err, size_t errlen)
 			if (e == EADDRINUSE && port == 0)
 				continue;
 			addr_format((struct sockaddr *)&ss6, a, sizeof a);
-			snprintf(err, errlen, "stun: listen udp %s: %s", a, strerror(e));
+			snprintf(err, errlen, "listen udp %s: %s", a, strerror(e));
 			return -1;
 		}
 		s->fd[s->nfd++] = fd4;
@@ -205,7 +205,7 @@ static int bind_all(struct stun_server *s, int port, char *err, size_t errlen)
 		s->port = p;
 		return 0;
 	}
-	snprintf(err, errlen, "stun: no ephemeral port free for both IPv4 and IPv6");
+	snprintf(err, errlen, "no ephemeral port free for both IPv4 and IPv6");
 	return -1;
 }
 
@@ -222,7 +222,7 @@ static int bind_host(struct stun_server *s, const char *host, int port, char *er
 	int fd = udp_bind(&ss, sslen, 0);
 	if (fd < 0) {
 		addr_format((struct sockaddr *)&ss, a, sizeof a);
-		snprintf(err, errlen, "stun: listen udp %s: %s", a, strerror(errno));
+		snprintf(err, errlen, "listen udp %s: %s", a, strerror(errno));
 		return -1;
 	}
 	s->fd[s->nfd++] = fd;
@@ -376,19 +376,19 @@ struct stun_server *stun_start(const char *host, int port, char *err, size_t err
 	char a[80];
 
 	if (port < 0 || port > 65535) {
-		snprintf(err, errlen, "stun: invalid port %d", port);
+		snprintf(err, errlen, "invalid STUN port %d", port);
 		return NULL;
 	}
 	s = calloc(1, sizeof *s);
 	if (!s) {
-		snprintf(err, errlen, "stun: out of memory");
+		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
 	s->stopfd = -1;
 	/* Virtual reservation: pages are touched only up to each datagram's length. */
 	s->rbuf = malloc((size_t)BATCH * DGRAM_MAX);
 	if (!s->rbuf) {
-		snprintf(err, errlen, "stun: out of memory");
+		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
 	for (int i = 0; i < BATCH; i++) {
@@ -406,7 +406,7 @@ struct stun_server *stun_start(const char *host, int port, char *err, size_t err
 		goto fail;
 	s->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->stopfd < 0) {
-		snprintf(err, errlen, "stun: eventfd: %s", strerror(errno));
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
 		goto fail;
 	}
 
@@ -417,7 +417,7 @@ struct stun_server *stun_start(const char *host, int port, char *err, size_t err
 	int r = pthread_create(&s->thread, NULL, stun_thread, s);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r != 0) {
-		snprintf(err, errlen, "stun: pthread_create: %s", strerror(r));
+		snprintf(err, errlen, "pthread_create: %s", strerror(r));
 		goto fail;
 	}
 	for (int i = 0; i < s->nfd; i++) {
