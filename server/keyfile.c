@@ -61,28 +61,28 @@ static int keyfile_parse(const char *path, const char *buf, size_t n, uint8_t pr
 	memset(priv, 0, KEY_LEN);
 	root = json_loadb(buf, n, JSON_DECODE_ANY, &jerr);
 	if (root == NULL)
-		return fail(err, errlen, "config %s: line %d column %d: %s", path, jerr.line,
+		return fail(err, errlen, "%s: line %d column %d: %s", path, jerr.line,
 			    jerr.column, jerr.text);
 	if (!json_is_object(root)) {
 		json_decref(root);
-		return fail(err, errlen, "config %s: want a JSON object", path);
+		return fail(err, errlen, "%s: want a JSON object", path);
 	}
 	json_object_foreach(root, name, v) {
 		if (!name_is_private_key(name) || json_is_null(v))
 			continue;
 		if (!json_is_string(v)) {
-			rc = fail(err, errlen, "config %s: PrivateKey: want a string", path);
+			rc = fail(err, errlen, "%s: PrivateKey: want a string", path);
 			break;
 		}
 		if (key_parse_typed(priv, "privkey:", json_string_value(v)) != 0) {
 			rc = fail(err, errlen,
-				  "config %s: PrivateKey: want \"privkey:\" and 64 hex digits", path);
+				  "%s: PrivateKey: want \"privkey:\" and 64 hex digits", path);
 			break;
 		}
 	}
 	json_decref(root);
 	if (rc == 0 && key_is_zero(priv))
-		rc = fail(err, errlen, "config %s: PrivateKey: missing or all zero", path);
+		rc = fail(err, errlen, "%s: PrivateKey: missing or all zero", path);
 	if (rc != 0)
 		explicit_bzero(priv, KEY_LEN);
 	return rc;
@@ -96,7 +96,7 @@ static int make_parents(const char *path, char *err, size_t errlen)
 	struct stat st;
 
 	if (strlen(path) >= sizeof dir)
-		return fail(err, errlen, "config %s: path too long", path);
+		return fail(err, errlen, "%s: path too long", path);
 	strcpy(dir, path);
 	slash = strrchr(dir, '/');
 	if (slash == NULL)
@@ -128,7 +128,7 @@ static int write_atomic(const char *path, const char *content, size_t n, char *e
 	int fd, dfd;
 
 	if (snprintf(tmp, sizeof tmp, "%s.tmpXXXXXX", path) >= (int)sizeof tmp)
-		return fail(err, errlen, "config %s: path too long", path);
+		return fail(err, errlen, "%s: path too long", path);
 	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0)
 		return fail(err, errlen, "create %s: %s", tmp, strerror(errno));
@@ -205,30 +205,30 @@ int keyfile_load_or_create(const char *path, uint8_t priv[32], char *err, size_t
 	int fd, rc;
 
 	if (path == NULL || path[0] == '\0')
-		return fail(err, errlen, "config: empty key file path");
+		return fail(err, errlen, "empty key file path");
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT)
 		return keyfile_create(path, priv, err, errlen);
 	if (fd < 0)
-		return fail(err, errlen, "config %s: %s", path, strerror(errno));
+		return fail(err, errlen, "%s: %s", path, strerror(errno));
 	buf = malloc(KEYFILE_MAX + 1);
 	if (buf == NULL) {
 		close(fd);
-		return fail(err, errlen, "config %s: out of memory", path);
+		return fail(err, errlen, "%s: out of memory", path);
 	}
 	for (;;) {
 		ssize_t r = read(fd, buf + n, KEYFILE_MAX + 1 - n);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			rc = fail(err, errlen, "config %s: %s", path, strerror(errno));
+			rc = fail(err, errlen, "%s: %s", path, strerror(errno));
 			goto out;
 		}
 		if (r == 0)
 			break;
 		n += (size_t)r;
 		if (n > KEYFILE_MAX) {
-			rc = fail(err, errlen, "config %s: larger than %d bytes", path, KEYFILE_MAX);
+			rc = fail(err, errlen, "%s: larger than %d bytes", path, KEYFILE_MAX);
 			goto out;
 		}
 	}

@@ -6,8 +6,9 @@
 
 /* Read the server private key from path. If the file does not exist, generate a key,
  * create the parent directories and write the file atomically (mode 0600) in derper's
- * layout. Returns 0 with priv filled, or -1 with a one-line reason in err; a file that
- * exists but is malformed (or holds the all-zero key) is never overwritten.
+ * layout. Returns 0 with priv filled, or -1 with a one-line reason in err naming the
+ * file (callers prefix "config: ", as derper does). A file that exists but is
+ * malformed (or holds the all-zero key) is never overwritten.
  * key_init() must have been called. */
 int keyfile_load_or_create(const char *path, uint8_t priv[32], char *err, size_t errlen);
 
