@@ -25,6 +25,7 @@ E2E      := $(patsubst test/e2e/%.c,$(BUILD)/test/e2e/%,$(wildcard test/e2e/test
 E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
 FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
+.SECONDARY:
 .PHONY: all deps run test check check-unit check-e2e check-asan check-man \
         check-flags fuzz install clean bench
 all: derpd $(TOOLS)

@@ -16,6 +16,7 @@
 #define HTTP_HEAD_TIMEOUT_MS 30000  /* derper's HTTP read timeout */
 #define HANDSHAKE_TIMEOUT_MS 10000  /* PROTOCOL.md §6: ServerKey write, ClientInfo read */
 #define KEEPALIVE_JITTER_MS 5000
+#define RTT_INTERVAL_MS 10000       /* upstream's statsInterval */
 
 static void addr_to_ip16(struct conn *c, const struct sockaddr *sa)
 {
@@ -103,6 +104,21 @@ void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len)
 	c->llen += len;
 }
 
+/* derp_tcp_rtt bucket for the kernel's smoothed RTT of fd, or -1 if unreadable. */
+static int rtt_sample(int fd)
+{
+	static const uint32_t bound_us[] = { 10000, 20000, 50000, 100000, 150000, 250000, 500000 };
+	struct tcp_info ti;
+	socklen_t len = sizeof ti;
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+		return -1;
+	for (int i = 0; i < (int)(sizeof bound_us / sizeof *bound_us); i++)
+		if (ti.tcpi_rtt <= bound_us[i])
+			return RTT_10MS + i;
+	return RTT_INF;
+}
+
 /* The next moment anything is due for c. */
 static void conn_rearm(struct conn *c)
 {
@@ -110,6 +126,8 @@ static void conn_rearm(struct conn *c)
 
 	if (c->state == CS_RUNNING && (!at || c->keepalive_ms < at))
 		at = c->keepalive_ms;
+	if (c->rtt_ms && (!at || c->rtt_ms < at))
+		at = c->rtt_ms;
 	if (c->stall_ms && relay.cfg->tcp_write_timeout_ms > 0) {
 		int64_t t = c->stall_ms + relay.cfg->tcp_write_timeout_ms;
 		if (!at || t < at)
@@ -132,6 +150,12 @@ void conn_on_timer(struct conn *c, int64_t now)
 		conn_close(c, "write timeout");
 		return;
 	}
+	if (c->rtt_ms && now >= c->rtt_ms) {
+		int b = rtt_sample(c->fd);
+		if (b >= 0)
+			STAT_ADD(&c->w->stats, tcp_rtt[b], 1);
+		c->rtt_ms = now + RTT_INTERVAL_MS;
+	}
 	if (c->state == CS_RUNNING && now >= c->keepalive_ms) {
 		uint8_t ka[5];
 		conn_queue_local(c, ka, (uint32_t)frame_keep_alive(ka));
@@ -142,13 +166,21 @@ void conn_on_timer(struct conn *c, int64_t now)
 	conn_rearm(c);
 }
 
-/* Called once the client is admitted: start the keepalive clock (with jitter). */
+/* Called once the client is admitted: start the keepalive clock (with jitter) and,
+ * as upstream does, check once that RTT can be read before sampling it every 10 s. */
 void conn_start_running(struct conn *c)
 {
+	int64_t now = now_ms();
+
 	c->state = CS_RUNNING;
 	c->deadline_ms = 0;
-	c->keepalive_ms = now_ms() + relay.cfg->keepalive_ms +
-			  (int64_t)(random() % KEEPALIVE_JITTER_MS);
+	c->keepalive_ms = now + relay.cfg->keepalive_ms + (int64_t)(random() % KEEPALIVE_JITTER_MS);
+	if (relay.rtt_stats) {
+		if (rtt_sample(c->fd) < 0)
+			STAT_ADD(&c->w->stats, tcp_rtt[RTT_ERROR], 1);
+		else
+			c->rtt_ms = now + RTT_INTERVAL_MS;
+	}
 	conn_rearm(c);
 }
 

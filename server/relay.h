@@ -102,7 +102,7 @@ struct conn {
 	struct sendq q;
 
 	/* timers (worker.c wheel) */
-	int64_t created_ms, deadline_ms, stall_ms, keepalive_ms;
+	int64_t created_ms, deadline_ms, stall_ms, keepalive_ms, rtt_ms;
 	int64_t timer_ms;
 	struct conn *tnext, *tprev;
 
@@ -179,6 +179,7 @@ struct relay {
 	struct worker *workers;
 	int nworkers;
 	int queue_depth;
+	int rtt_stats;         /* sample TCP RTT every 10 s (off by TS_DERP_DISABLE_RTT_STATS) */
 	int64_t start_ms;
 	double memstats_sys0;
 	int port;              /* the bound listen port */

@@ -225,6 +225,18 @@ static long rss_bytes(void)
 	return rss * sysconf(_SC_PAGESIZE);
 }
 
+/* Go's strconv.ParseBool truths; anything else (or unset) is false. */
+static int env_bool(const char *name)
+{
+	static const char *const yes[] = { "1", "t", "T", "TRUE", "true", "True" };
+	const char *v = getenv(name);
+
+	for (size_t i = 0; v && i < sizeof yes / sizeof *yes; i++)
+		if (strcmp(v, yes[i]) == 0)
+			return 1;
+	return 0;
+}
+
 static int queue_depth_from_env(char *err, size_t errlen)
 {
 	const char *v = getenv("TS_DEBUG_DERP_PER_CLIENT_SEND_QUEUE_DEPTH");
@@ -249,6 +261,7 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	relay.memstats_sys0 = (double)rss_bytes();
 	if ((relay.queue_depth = queue_depth_from_env(err, errlen)) < 0)
 		return -1;
+	relay.rtt_stats = !env_bool("TS_DERP_DISABLE_RTT_STATS");
 	relay.map = client_map_new(MAP_SHARDS, CM_LAST_WRITER_ACTIVE);
 	relay.nworkers = cfg->workers > 0 ? cfg->workers : 1;
 	relay.workers = aligned_alloc(64, sizeof(struct worker) * relay.nworkers);

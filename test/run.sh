@@ -7,11 +7,10 @@ export DERPD_BIN
 pass=0; fail=0; broken=""
 for t in "$@"; do
 	out=$(timeout 300 "$t" 2>&1); rc=$?
-	printf '%s\n' "$out" | grep -E '^\[  (PASSED|FAILED|  OK  |ERROR) |^\[ RUN' -v | grep -v '^$' | sed "s|^|$(basename "$t"): |" | tail -n 20
 	p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | awk '{s+=$1} END {print s+0}')
 	f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | awk '{s+=$1} END {print s+0}')
 	if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi
-	[ "$f" = 0 ] || { broken="$broken $(basename "$t")"; printf '%s\n' "$out" | grep -E 'FAILED|ERROR|error|Assert' | head -n 20; }
+	[ "$f" = 0 ] || { broken="$broken $(basename "$t")"; printf '%s\n' "$out" | tail -n 40; }
 	echo "$(basename "$t"): $p passed, $f failed"
 	pass=$((pass + p)); fail=$((fail + f))
 done
