@@ -43,7 +43,8 @@ struct stun_server {
 	int fd[2];
 	int nfd;
 	int port;
-	int stopfd; /* eventfd: stun_stop wakes the thread's poll */
+	int stopfd;   /* eventfd: stun_stop wakes the thread's poll */
+	int stopping; /* set first, so a flood that never lets poll run still stops */
 	pthread_t thread;
 	uint8_t *rbuf; /* BATCH * DGRAM_MAX; only the bytes received are ever touched */
 	struct mmsghdr rmsg[BATCH];
@@ -337,7 +338,7 @@ static void *stun_thread(void *arg)
 			break;
 		/* Alternate full batches between the sockets so one family never starves the other. */
 		bool more = true;
-		while (more) {
+		while (more && !__atomic_load_n(&s->stopping, __ATOMIC_RELAXED)) {
 			more = false;
 			for (int i = 0; i < s->nfd; i++) {
 				if (!(pfd[i].revents & (POLLIN | POLLERR)))
@@ -440,6 +441,7 @@ void stun_stop(struct stun_server *s)
 
 	if (!s)
 		return;
+	__atomic_store_n(&s->stopping, 1, __ATOMIC_RELAXED);
 	if (write(s->stopfd, &one, sizeof one) != sizeof one)
 		log_info("stun: stop: %s", strerror(errno));
 	pthread_join(s->thread, NULL);

@@ -13,10 +13,12 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -413,6 +415,81 @@ static void test_start_stop(void **state)
 	stun_stop(NULL);
 }
 
+/* A flood keeps every batch full; stun_stop must still return promptly. */
+struct flood {
+	int fd;
+	struct sockaddr_storage to;
+	int stop;
+};
+
+static void *flood_run(void *arg)
+{
+	struct flood *f = arg;
+	uint8_t tx[STUN_TXID_LEN] = { 0xf1 }, req[STUN_REQUEST_LEN];
+	struct mmsghdr m[64];
+	struct iovec iov = { req, sizeof req };
+
+	stun_build_request(tx, req);
+	for (int i = 0; i < 64; i++)
+		m[i].msg_hdr = (struct msghdr){ .msg_name = &f->to, .msg_namelen = sslen(&f->to),
+						.msg_iov = &iov, .msg_iovlen = 1 };
+	while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED))
+		(void)sendmmsg(f->fd, m, 64, 0);
+	return NULL;
+}
+
+static void *stop_run(void *arg)
+{
+	void **a = arg;
+	stun_stop(a[0]);
+	uint64_t one = 1;
+	if (write(*(int *)a[1], &one, sizeof one) != sizeof one)
+		abort();
+	return NULL;
+}
+
+static void test_stop_under_flood(void **state)
+{
+	(void)state;
+	enum { NFLOOD = 2 };
+	struct flood f[NFLOOD];
+	pthread_t ft[NFLOOD], st;
+	struct sockaddr_storage self;
+	struct stun_counters c0, c1;
+
+	struct stun_server *s = start("127.0.0.1");
+	for (int i = 0; i < NFLOOD; i++) {
+		f[i].fd = client_open(AF_INET, &self);
+		f[i].to = loopback(AF_INET, stun_port(s));
+		f[i].stop = 0;
+		assert_int_equal(pthread_create(&ft[i], NULL, flood_run, &f[i]), 0);
+	}
+	/* Let the flood build up: wait until the server has answered plenty. */
+	stun_counters_get(&c0);
+	int64_t end = now_ms() + 5000;
+	do {
+		poll(NULL, 0, 5);
+		stun_counters_get(&c1);
+	} while (c1.success - c0.success < 20000 && now_ms() < end);
+	assert_true(c1.success - c0.success >= 20000);
+
+	int done = eventfd(0, EFD_CLOEXEC);
+	assert_true(done >= 0);
+	void *args[2] = { s, &done };
+	assert_int_equal(pthread_create(&st, NULL, stop_run, args), 0);
+	struct pollfd p = { .fd = done, .events = POLLIN };
+	int r = poll(&p, 1, 5000);
+	for (int i = 0; i < NFLOOD; i++) {
+		__atomic_store_n(&f[i].stop, 1, __ATOMIC_RELAXED);
+		pthread_join(ft[i], NULL);
+		close(f[i].fd);
+	}
+	if (r != 1)
+		fail_msg("stun_stop did not return within 5 s under a flood");
+	pthread_join(st, NULL);
+	close(done);
+}
+
 /* derper ignores STUN bind errors; derpd reports them and start-up fails. */
 static void test_bind_error(void **state)
 {
@@ -546,6 +623,7 @@ int main(void)
 		cmocka_unit_test(test_malformed_ipv6),
 		cmocka_unit_test(test_burst_many_sockets),
 		cmocka_unit_test(test_start_stop),
+		cmocka_unit_test(test_stop_under_flood),
 		cmocka_unit_test(test_bind_error),
 		cmocka_unit_test(test_log_line),
 		cmocka_unit_test(test_binary),
