@@ -255,6 +255,52 @@ static int tcp_connect(uint16_t port)
 	return fd;
 }
 
+int harness_tcp(const struct harness_server *s)
+{
+	int fd = tcp_connect(s->port);
+
+	if (fd < 0)
+		fail_msg("connect 127.0.0.1:%u: %s", s->port, strerror(errno));
+	return fd;
+}
+
+size_t harness_read_exact(int fd, void *buf, size_t n, int timeout_ms)
+{
+	int64_t end = harness_now_ms() + timeout_ms;
+	size_t got = 0;
+
+	while (got < n) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int64_t left = end - harness_now_ms();
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+			break;
+		ssize_t r = recv(fd, (char *)buf + got, n - got, MSG_DONTWAIT);
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+			break;
+		if (r > 0)
+			got += (size_t)r;
+	}
+	return got;
+}
+
+int harness_read_head(int fd, char *buf, size_t cap, int timeout_ms)
+{
+	int64_t end = harness_now_ms() + timeout_ms;
+	size_t n = 0;
+
+	while (n + 1 < cap) {
+		int64_t left = end - harness_now_ms();
+		if (harness_read_exact(fd, buf + n, 1, left > 0 ? (int)left : 0) != 1)
+			break;
+		n++;
+		buf[n] = '\0';
+		if (n >= 4 && memcmp(buf + n - 4, "\r\n\r\n", 4) == 0)
+			return (int)n;
+	}
+	buf[n] = '\0';
+	return -1;
+}
+
 /* Decode a chunked body in place; returns its length or -1 if incomplete. */
 static long dechunk(char *body, size_t n)
 {

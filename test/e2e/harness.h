@@ -43,6 +43,14 @@ int harness_http(const struct harness_server *s, const char *request, char *resp
 /* Body of a response from harness_http ("" if none). */
 const char *harness_http_body(const char *resp);
 
+/* A blocking TCP connection to the server (fails the test if it cannot connect). */
+int harness_tcp(const struct harness_server *s);
+/* Read an HTTP response head byte by byte (nothing past the blank line is consumed) into
+ * buf, NUL-terminated. Returns its length, or -1 on EOF/timeout. */
+int harness_read_head(int fd, char *buf, size_t cap, int timeout_ms);
+/* Read exactly n bytes; returns n, or how many arrived before EOF/timeout. */
+size_t harness_read_exact(int fd, void *buf, size_t n, int timeout_ms);
+
 /* GET /debug/varz and return the value of the exact series `name` or `name{labels}`
  * (label order does not matter). NAN if absent or the page cannot be fetched. */
 double harness_metric(const struct harness_server *s, const char *series);
