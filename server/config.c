@@ -504,7 +504,8 @@ static const struct flag_def *flag_find(const char *name, size_t len)
 	return NULL;
 }
 
-/* Store value text into the flag's field; -1 if it does not parse as the flag's type. */
+/* Store value text into the flag's field; -1 if it does not parse as the flag's type,
+ * -2 if it parses but is out of the field's range. */
 static int flag_set(const struct flag_def *f, struct config *cfg, int *version, const char *v)
 {
 	char *p = (char *)cfg + f->off;
@@ -514,10 +515,12 @@ static int flag_set(const struct flag_def *f, struct config *cfg, int *version, 
 	case FT_VERSION: return parse_bool(v, version);
 	case FT_BOOL: return parse_bool(v, (int *)p);
 	case FT_INT:
-		/* Go's int is 64-bit; the range checks after parsing give the clear errors. */
+		/* Go's int is 64-bit; no int flag means anything beyond 32 bits. */
 		if (parse_int64(v, &i64) != 0)
 			return -1;
-		*(int *)p = i64 > INT32_MAX ? INT32_MAX : i64 < INT32_MIN ? INT32_MIN : (int)i64;
+		if (i64 > INT32_MAX || i64 < INT32_MIN)
+			return -2;
+		*(int *)p = (int)i64;
 		return 0;
 	case FT_INT64: return parse_int64(v, (int64_t *)p);
 	case FT_FLOAT: return parse_float(v, (double *)p);
@@ -712,10 +715,10 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		}
 		if (val == NULL)
 			val = "true";
-		if (flag_set(f, cfg, &version, val) != 0) {
-			return usage_error("invalid value \"%s\" for flag -%s: parse error (%s expected)",
-					   val, f->name, type_name(f->type));
-		}
+		if ((rc = flag_set(f, cfg, &version, val)) != 0)
+			return usage_error("invalid value \"%s\" for flag -%s: %s (%s)", val, f->name,
+					   rc == -2 ? "value out of range" : "parse error",
+					   type_name(f->type));
 		set[f - flags] = 1;
 	}
 	if (i < argc)

@@ -323,7 +323,7 @@ static void test_ints(void **state)
 	assert_int_equal(parse(&c, "-dev", "-stun-port=-1", NULL), 2);
 	assert_err_has("-stun-port");
 	assert_int_equal(parse(&c, "-dev", "-stun-port=9223372036854775807", NULL), 2);
-	assert_err_has("out of range");
+	assert_err_has("invalid value \"9223372036854775807\" for flag -stun-port: value out of range");
 	assert_int_equal(parse(&c, "-dev", "-http-port=65536", NULL), 2);
 	assert_err_has("-http-port");
 	assert_int_equal(parse(&c, "-dev", "-http-port=-2", NULL), 2);
