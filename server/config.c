@@ -758,8 +758,9 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		cfg->config_path = DEFAULT_KEY_PATH;
 		log_info("no config path specified; using %s", cfg->config_path);
 	}
-	/* derper would load an auto-detected mesh key file; say so rather than ignore it. */
-	if (!cfg->dev && !set[flag_find("mesh-psk-file", 13) - flags] && cfg->mesh_psk_file[0] != '\0')
+	/* Only the auto-detected default gets here (anything else was refused above);
+	 * derper would load it, so say that we do not rather than ignore it silently. */
+	if (!cfg->dev && cfg->mesh_psk_file[0] != '\0')
 		log_info("mesh key file %s found but mesh is not supported yet; ignoring it",
 			 cfg->mesh_psk_file);
 	return 0;
