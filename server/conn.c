@@ -160,6 +160,7 @@ void conn_on_timer(struct conn *c, int64_t now)
 		uint8_t ka[5];
 		conn_queue_local(c, ka, (uint32_t)frame_keep_alive(ka));
 		c->keepalive_ms = now + relay.cfg->keepalive_ms;
+		sendq_trim(&c->q);
 		if (conn_flush(c) < 0)
 			return;
 	}

@@ -2,6 +2,7 @@
  * other threads pushed, queued packets) into one batch and write it with one writev(2).
  * A partially written batch stays in flight until the socket takes the rest. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
@@ -27,6 +28,12 @@ static struct outbatch *build_batch(struct conn *c)
 		memcpy(b->ctrl, c->lbuf, k);
 		memmove(c->lbuf, c->lbuf + k, c->llen - k);
 		c->llen -= k;
+		if (!c->llen) {
+			/* Idle connections hold no buffers; the next frame reallocates. */
+			free(c->lbuf);
+			c->lbuf = NULL;
+			c->lcap = 0;
+		}
 		b->ctrl_len = k;
 		b->nframes++;
 		more = c->llen > 0;

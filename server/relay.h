@@ -51,6 +51,8 @@ void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len);
  * frames into ctrl (up to ctrl_cap). Returns the number of packets. */
 int sendq_take(struct sendq *q, struct pkt *out, int max, uint8_t *ctrl, uint32_t *ctrl_len,
 	       uint32_t ctrl_cap, int *more);
+/* Owner: free the rings if they are empty (an idle connection holds no queue memory). */
+void sendq_trim(struct sendq *q);
 /* Owner, on close: drop everything (gone_disconnected) and free the queue memory. */
 void sendq_close(struct sendq *q, struct derp_stats *st);
 int sendq_kind(const struct pkt *p); /* KIND_DISCO or KIND_OTHER */

@@ -141,6 +141,16 @@ int sendq_take(struct sendq *q, struct pkt *out, int max, uint8_t *ctrl, uint32_
 	return n;
 }
 
+void sendq_trim(struct sendq *q)
+{
+	pthread_mutex_lock(&q->mu);
+	if (q->slots && !q->n[Q_REGULAR] && !q->n[Q_DISCO]) {
+		free(q->slots);
+		q->slots = NULL;
+	}
+	pthread_mutex_unlock(&q->mu);
+}
+
 void sendq_close(struct sendq *q, struct derp_stats *st)
 {
 	int depth = relay.queue_depth;
