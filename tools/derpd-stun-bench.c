@@ -37,7 +37,7 @@ struct worker {
 	struct client *c;
 	int n;
 	int ep;
-	uint64_t sent, answered, lost, bad, send_fail;
+	uint64_t sent, answered, lost, bad, stray, send_fail;
 	uint32_t *hist; /* HIST_US + 1 buckets */
 };
 
@@ -196,7 +196,14 @@ static void client_read(struct worker *w, struct client *c)
 			uint16_t port = ntohs(a.ss_family == AF_INET
 						      ? ((struct sockaddr_in *)&a)->sin_port
 						      : ((struct sockaddr_in6 *)&a)->sin6_port);
-			if (r != STUN_OK || idx != c->idx || port != self_port(c) || sent_at > t) {
+			/* Another socket's txid: a late answer to an earlier run whose socket
+			 * had this port. Not the server's fault; counted apart. */
+			if (r == STUN_OK && (idx != c->idx || sent_at > t)) {
+				if (measure)
+					w->stray++;
+				continue;
+			}
+			if (r != STUN_OK || port != self_port(c)) {
 				if (measure)
 					w->bad++;
 				continue;
@@ -365,13 +372,14 @@ int main(int argc, char **argv)
 	for (int t = 0; t < threads; t++)
 		pthread_join(w[t].thread, NULL);
 
-	uint64_t sent = 0, answered = 0, lost = 0, bad = 0, send_fail = 0, max_us = 0;
+	uint64_t sent = 0, answered = 0, lost = 0, bad = 0, stray = 0, send_fail = 0, max_us = 0;
 	uint64_t *hist = calloc(HIST_US + 1, sizeof *hist);
 	for (int t = 0; t < threads; t++) {
 		sent += w[t].sent;
 		answered += w[t].answered;
 		lost += w[t].lost;
 		bad += w[t].bad;
+		stray += w[t].stray;
 		send_fail += w[t].send_fail;
 		for (int i = 0; i <= HIST_US; i++)
 			hist[i] += w[t].hist[i];
@@ -392,6 +400,7 @@ int main(int argc, char **argv)
 	printf("  %-24s %14llu\n", "answered", (unsigned long long)answered);
 	printf("  %-24s %14llu\n", "lost (no reply 200 ms)", (unsigned long long)lost);
 	printf("  %-24s %14llu\n", "bad replies", (unsigned long long)bad);
+	printf("  %-24s %14llu\n", "stray replies", (unsigned long long)stray);
 	printf("  %-24s %14llu\n", "send failures", (unsigned long long)send_fail);
 	printf("  %-24s %14.0f\n", "latency p50 (us)", p50);
 	printf("  %-24s %14.0f\n", "latency p99 (us)", p99);
@@ -404,11 +413,12 @@ int main(int argc, char **argv)
 	printf("{\"tool\":\"derpd-stun-bench\",\"target\":\"%s\",\"in_process\":%s,"
 	       "\"clients\":%d,\"window\":%d,\"threads\":%d,\"seconds\":%.3f,"
 	       "\"answered_per_sec\":%.0f,\"sent\":%llu,\"answered\":%llu,\"lost\":%llu,"
-	       "\"bad\":%llu,\"send_failures\":%llu,\"p50_us\":%.0f,\"p99_us\":%.0f,"
+	       "\"bad\":%llu,\"stray\":%llu,\"send_failures\":%llu,\"p50_us\":%.0f,\"p99_us\":%.0f,"
 	       "\"max_us\":%llu,\"cpu_seconds\":%.3f}\n",
 	       target_text, srv ? "true" : "false", clients, window, threads, el, rate,
 	       (unsigned long long)sent, (unsigned long long)answered, (unsigned long long)lost,
-	       (unsigned long long)bad, (unsigned long long)send_fail, p50, p99,
+	       (unsigned long long)bad, (unsigned long long)stray, (unsigned long long)send_fail, p50,
+	       p99,
 	       (unsigned long long)max_us, cpu);
 
 	for (int i = 0; i < clients; i++)
