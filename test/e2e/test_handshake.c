@@ -255,6 +255,9 @@ static const char *const good_json[] = {
 	"{\"Version\":5,\"CanAckPings\":false}",
 	"{\"version\":2,\"foo\":{\"bar\":[1,2,null]},\"baz\":\"q\"}",
 	" \n\t{\"version\":2} \r\n",
+	/* null for a plain field is a no-op in Go (not so for meshKey: see test_malformed) */
+	"{\"version\":null,\"CanAckPings\":null,\"IsProber\":null,\"AppName\":null}",
+	"{\"version\":-1,\"version\":2,\"AppName\":\"caf\\u00e9 \\\"x\\\"\"}",
 	/* a well-formed mesh key the server does not have: accepted, just not a mesh peer */
 	"{\"version\":2,\"MeshKey\":\"6d529e9d4ef632d22d4a4214cb49da8f1ba1b72697061fb24e312984c35ec8d8\"}",
 };
