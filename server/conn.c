@@ -211,7 +211,8 @@ static void ready_unlink(struct conn *c)
 	pthread_mutex_unlock(&w->ready_mu);
 }
 
-void conn_close(struct conn *c, const char *why)
+/* Tear c down; keep_fd: leave the socket open (it was handed to the HTTP server). */
+static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 {
 	struct worker *w = c->w;
 	struct derp_stats *st = &w->stats;
@@ -237,7 +238,10 @@ void conn_close(struct conn *c, const char *why)
 	c->state = CS_CLOSED;
 	worker_timer_del(c);
 	ready_unlink(c);
-	close(c->fd); /* also removes it from the epoll set */
+	if (keep_fd)
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	else
+		close(c->fd); /* also removes it from the epoll set */
 	c->fd = -1;
 	sendq_close(&c->q, st);
 	if (c->out) {
@@ -262,6 +266,34 @@ void conn_close(struct conn *c, const char *why)
 	c->prev = NULL;
 	c->next = w->grave;
 	w->grave = c;
+}
+
+void conn_close(struct conn *c, const char *why)
+{
+	conn_teardown(c, why, 0);
+}
+
+int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen)
+{
+	int fd = c->fd;
+
+	/* Give the client's real address in its natural family (debug access checks it). */
+	memset(peer, 0, sizeof *peer);
+	if (memcmp(c->ip16, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+		struct sockaddr_in *in = (struct sockaddr_in *)peer;
+		in->sin_family = AF_INET;
+		memcpy(&in->sin_addr, c->ip16 + 12, 4);
+		in->sin_port = htons(c->port);
+		*peerlen = sizeof *in;
+	} else {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)peer;
+		in6->sin6_family = AF_INET6;
+		memcpy(&in6->sin6_addr, c->ip16, 16);
+		in6->sin6_port = htons(c->port);
+		*peerlen = sizeof *in6;
+	}
+	conn_teardown(c, "handed to the HTTP server", 1);
+	return fd;
 }
 
 void conn_free(struct conn *c)

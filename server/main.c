@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "metrics/httpd.h"
 #include "server/config.h"
 #include "server/key.h"
 #include "server/keyfile.h"
@@ -66,6 +67,10 @@ int main(int argc, char **argv)
 		log_info("derpd: STUN: %s", err);
 		return 1;
 	}
+	if (httpd_start(&cfg, err, sizeof err) != 0) {
+		log_info("derpd: HTTP: %s", err);
+		return 1;
+	}
 	if (server_start(&cfg, priv, err, sizeof err) != 0) {
 		log_info("derpd: %s", err);
 		return 1;
@@ -84,6 +89,7 @@ int main(int argc, char **argv)
 	if (stun)
 		stun_stop(stun);
 	server_stop();
+	httpd_stop();
 	log_info("derpd: stopped");
 	return 0;
 }

@@ -123,6 +123,8 @@ void conn_on_writable(struct conn *c);
 void conn_on_timer(struct conn *c, int64_t now);
 void conn_close(struct conn *c, const char *why);
 void conn_free(struct conn *c);
+/* Remove c from the worker without closing its socket; returns the fd and the peer. */
+int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen);
 /* Append a frame this worker made for c to c's local output. */
 void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len);
 void conn_start_handshake(struct conn *c);
