@@ -1,0 +1,661 @@
+/* The libmicrohttpd daemons and derper's URL routing (SERVER.md §6). The main daemon has
+ * no listener: workers hand it connections whose first request is not a DERP upgrade.
+ * One internal epoll thread serves them all; nothing here blocks (scrapes read relaxed
+ * per-worker counters, bootstrap DNS reads a cache, /debug/traffic streams from a thread
+ * of its own), so a slow HTTP client costs only its own connection. */
+#include "metrics/internal.h"
+
+#include "server/config.h"
+#include "server/log.h"
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <regex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef DERPD_VERSION
+#define DERPD_VERSION "unknown"
+#endif
+
+#define HTTP_TIMEOUT_S 30         /* derper's ReadTimeout / idle timeout */
+#define HTTP_MAX_CONNECTIONS 1024 /* HTTP only; DERP connections never count here */
+#define HTTP_PER_IP_LIMIT 64
+#define HTTP_HEAD_MEMORY (64 * 1024) /* request head limit per connection */
+
+static const struct config *cfg;
+static struct MHD_Daemon *main_daemon, *metrics_daemon;
+static int metrics_port;
+static time_t started;
+static int show_abuse_info;
+
+static const char *const csp =
+	"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'; "
+	"block-all-mixed-content; object-src 'none'";
+static const char *const csp_debug =
+	"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'; "
+	"block-all-mixed-content; object-src 'none'; style-src 'self' 'unsafe-inline'";
+
+enum { BROWSER = 1, BROWSER_DEBUG = 2 };
+
+/* Queue a response built from body (copied); extra headers as name, value pairs, NULL
+ * terminated. Go's sniffing gives text bodies "text/plain; charset=utf-8", so callers
+ * always name a Content-Type when there is a body. */
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, int flags,
+			     const char *body, size_t len, ...)
+{
+	struct MHD_Response *r =
+		MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+	if (r == NULL)
+		return MHD_NO;
+	if (flags & (BROWSER | BROWSER_DEBUG)) {
+		MHD_add_response_header(r, "Strict-Transport-Security",
+					"max-age=63072000; includeSubDomains");
+		MHD_add_response_header(r, "Content-Security-Policy",
+					(flags & BROWSER_DEBUG) ? csp_debug : csp);
+		MHD_add_response_header(r, "X-Frame-Options", "DENY");
+		MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+	}
+	va_list ap;
+	va_start(ap, len);
+	for (const char *k; (k = va_arg(ap, const char *)) != NULL;) {
+		const char *v = va_arg(ap, const char *);
+		MHD_add_response_header(r, k, v);
+	}
+	va_end(ap);
+	enum MHD_Result ret = MHD_queue_response(c, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* Go's http.Error: text/plain, nosniff, the message and a newline. */
+static enum MHD_Result http_error(struct MHD_Connection *c, unsigned status, const char *msg)
+{
+	struct mbuf b = { 0 };
+	mbuf_printf(&b, "%s\n", msg);
+	enum MHD_Result r = reply(c, status, 0, b.p, b.len, "Content-Type",
+				  "text/plain; charset=utf-8", "X-Content-Type-Options", "nosniff",
+				  NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+static const char *header(struct MHD_Connection *c, const char *name)
+{
+	return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+static const struct sockaddr *peer_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	return ci ? ci->client_addr : NULL;
+}
+
+static int debug_allowed(struct MHD_Connection *c, const char *method)
+{
+	const char *xff = header(c, "X-Forwarded-For");
+	return debug_access_allowed(peer_of(c), strcmp(method, "GET") == 0,
+				    MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "debugkey"),
+				    xff != NULL && xff[0] != '\0');
+}
+
+static enum MHD_Result debug_denied(struct MHD_Connection *c)
+{
+	char msg[160] = "debug access denied";
+	if (cfg && cfg->dev) {
+		char ip[INET6_ADDRSTRLEN];
+		sockaddr_ip_string(peer_of(c), ip, sizeof ip);
+		snprintf(msg, sizeof msg, "debug access denied; to permit access, set "
+					  "TS_ALLOW_DEBUG_IP=%s", ip);
+	}
+	return http_error(c, 403, msg);
+}
+
+/* Go's http.Redirect body for GET; HEAD gets the headers only (libmicrohttpd drops it). */
+static enum MHD_Result redirect(struct MHD_Connection *c, const char *method, unsigned status,
+				const char *url, int flags)
+{
+	struct mbuf b = { 0 };
+	int get_or_head = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+	if (get_or_head) {
+		mbuf_puts(&b, "<a href=\"");
+		for (const char *p = url; *p; p++) /* html.EscapeString */
+			switch (*p) {
+			case '<': mbuf_puts(&b, "&lt;"); break;
+			case '>': mbuf_puts(&b, "&gt;"); break;
+			case '&': mbuf_puts(&b, "&amp;"); break;
+			case '\'': mbuf_puts(&b, "&#39;"); break;
+			case '"': mbuf_puts(&b, "&#34;"); break;
+			default: mbuf_add(&b, p, 1);
+			}
+		mbuf_printf(&b, "\">%s</a>.\n\n", status == 301 ? "Moved Permanently" : "Found");
+	}
+	enum MHD_Result r = get_or_head
+		? reply(c, status, flags, b.p, b.len, "Location", url, "Content-Type",
+			"text/html; charset=utf-8", NULL)
+		: reply(c, status, flags, NULL, 0, "Location", url, NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+/* ---- the pages ---- */
+
+static enum MHD_Result serve_home(struct MHD_Connection *c, const char *method)
+{
+	const char *home = cfg && cfg->home ? cfg->home : "";
+	if (strcmp(home, "blank") == 0)
+		return reply(c, 200, BROWSER, NULL, 0, "Content-Type", "text/html; charset=utf-8",
+			     NULL);
+	if (home[0] != '\0')
+		return redirect(c, method, 302, home, BROWSER);
+	/* upstream's template, with its {{if}} blocks expanded the way Go renders them */
+	struct mbuf b = { 0 };
+	mbuf_puts(&b, "<html><body>\n<h1>DERP</h1>\n<p>\n  This is a <a href=\"https://tailscale.com/\">"
+		      "Tailscale</a> DERP server.\n</p>\n\n<p>\n  It provides STUN, interactive "
+		      "connectivity establishment, and relaying of end-to-end encrypted traffic\n  "
+		      "for Tailscale clients.\n</p>\n\n");
+	if (show_abuse_info)
+		mbuf_puts(&b, "\n<p>\n  If you suspect abuse, please contact <a href=\"mailto:"
+			      "security@tailscale.com\">security@tailscale.com</a>.\n</p>\n");
+	mbuf_puts(&b, "\n\n<p>\n  Documentation:\n</p>\n\n<ul>\n");
+	if (show_abuse_info)
+		mbuf_puts(&b, "\n  <li><a href=\"https://tailscale.com/security-policies\">Tailscale "
+			      "Security Policies</a></li>\n  <li><a href=\"https://tailscale.com/"
+			      "tailscale-aup\">Tailscale Acceptable Use Policies</a></li>\n");
+	mbuf_puts(&b, "\n  <li><a href=\"https://tailscale.com/kb/1232/derp-servers\">About DERP"
+		      "</a></li>\n  <li><a href=\"https://pkg.go.dev/tailscale.com/derp\">Protocol & "
+		      "Go docs</a></li>\n  <li><a href=\"https://github.com/tailscale/tailscale/tree/"
+		      "main/cmd/derper#derp\">How to run a DERP server</a></li>\n</ul>\n\n");
+	if (cfg && !cfg->run_derp)
+		mbuf_puts(&b, "\n<p>Status: <b>disabled</b></p>\n");
+	mbuf_puts(&b, "\n\n");
+	if (debug_allowed(c, method))
+		mbuf_puts(&b, "\n<p>Debug info at <a href='/debug/'>/debug/</a>.</p>\n");
+	mbuf_puts(&b, "\n</body>\n</html>\n");
+	enum MHD_Result r = reply(c, 200, BROWSER, b.p, b.len, "Content-Type",
+				  "text/html; charset=utf-8", NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+static int challenge_ok(const char *s, size_t n)
+{
+	if (n == 0 || n > 64)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '-' && s[i] != '_' &&
+		    s[i] != ':')
+			return 0;
+	return 1;
+}
+
+static enum MHD_Result serve_no_content(struct MHD_Connection *c)
+{
+	const char *ch = NULL;
+	size_t n = 0;
+	char resp[80];
+	const char *cc = "no-cache, no-store, must-revalidate, no-transform, max-age=0";
+	if (MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, "X-Tailscale-Challenge", 21, &ch,
+					  &n) == MHD_YES &&
+	    challenge_ok(ch, n)) {
+		snprintf(resp, sizeof resp, "response %.*s", (int)n, ch);
+		return reply(c, 204, 0, NULL, 0, "X-Tailscale-Response", resp, "Cache-Control", cc,
+			     NULL);
+	}
+	return reply(c, 204, 0, NULL, 0, "Cache-Control", cc, NULL);
+}
+
+static enum MHD_Result serve_probe(struct MHD_Connection *c, const char *method)
+{
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+		return http_error(c, 405, "bogus probe method");
+	return reply(c, 200, 0, NULL, 0, "Access-Control-Allow-Origin", "*", NULL);
+}
+
+/* /derp reaching libmicrohttpd: never a first request that upgrades (workers keep those). */
+static enum MHD_Result serve_derp(struct MHD_Connection *c)
+{
+	if (cfg && !cfg->run_derp)
+		return http_error(c, 404, "derp server disabled");
+	const char *up = header(c, "Upgrade");
+	char low[16] = "";
+	if (up != NULL && strlen(up) < sizeof low)
+		for (size_t i = 0; (low[i] = (char)tolower((unsigned char)up[i])) != '\0'; i++)
+			;
+	if (strcmp(low, "derp") != 0 && strcmp(low, "websocket") != 0) {
+		if (up != NULL && up[0] != '\0')
+			log_debug("Weird upgrade: \"%s\"", up);
+		return http_error(c, 426, "DERP requires connection upgrade");
+	}
+	/* A real upgrade on a connection already served as HTTP (keep-alive): derpd's workers
+	 * own DERP connections, so ask the client to retry on a fresh one (RFC 9110 421). */
+	struct mbuf b = { 0 };
+	mbuf_puts(&b, "DERP upgrade must be the first request on its connection\n");
+	enum MHD_Result r = reply(c, 421, 0, b.p, b.len, "Content-Type", "text/plain; charset=utf-8",
+				  "Connection", "close", NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+static enum MHD_Result serve_bootstrap_dns(struct MHD_Connection *c)
+{
+	size_t len = 0;
+	char *body = bootstrap_dns_answer(
+		MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "q"), peer_of(c), &len);
+	/* cross-region and randomized per request: keeping the connection is pointless */
+	enum MHD_Result r = reply(c, 200, BROWSER, body, len, "Content-Type", "application/json",
+				  "Connection", "close", NULL);
+	free(body);
+	return r;
+}
+
+static enum MHD_Result serve_scrape(struct MHD_Connection *c, int clean, int flags)
+{
+	struct metrics_snapshot s;
+	metrics_gather(&s, cfg);
+	struct mbuf b = { 0 };
+	if (clean)
+		prom_write(&b, &s);
+	else
+		varz_write(&b, &s);
+	if (b.oom) {
+		mbuf_free(&b);
+		return http_error(c, 500, "out of memory");
+	}
+	enum MHD_Result r = reply(c, 200, flags, b.p, b.len, "Content-Type",
+				  clean ? "text/plain; version=0.0.4; charset=utf-8"
+					: "text/plain; charset=utf-8", NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+static void uptime_string(char *out, size_t n)
+{
+	long long s = (long long)(time(NULL) - started);
+	if (s >= 3600)
+		snprintf(out, n, "%lldh%lldm%llds", s / 3600, s / 60 % 60, s % 60);
+	else if (s >= 60)
+		snprintf(out, n, "%lldm%llds", s / 60, s % 60);
+	else
+		snprintf(out, n, "%llds", s);
+}
+
+static void html_escaped(struct mbuf *b, const char *s)
+{
+	for (; *s; s++)
+		switch (*s) {
+		case '<': mbuf_puts(b, "&lt;"); break;
+		case '>': mbuf_puts(b, "&gt;"); break;
+		case '&': mbuf_puts(b, "&amp;"); break;
+		case '\'': mbuf_puts(b, "&#39;"); break;
+		case '"': mbuf_puts(b, "&#34;"); break;
+		default: mbuf_add(b, s, 1);
+		}
+}
+
+static enum MHD_Result serve_debug_index(struct MHD_Connection *c)
+{
+	char up[64], host[256] = "";
+	uptime_string(up, sizeof up);
+	gethostname(host, sizeof host - 1);
+	const char *mesh_env = cfg && cfg->dev ? getenv("TAILSCALE_DERPER_MESH_KEY") : NULL;
+	int mesh = (cfg && cfg->mesh_psk_file && cfg->mesh_psk_file[0]) ||
+		   (cfg && cfg->secrets_url && cfg->secrets_url[0]) || (mesh_env && mesh_env[0]);
+	const char *kv[][2] = { { "Uptime", up },
+				{ "Version", DERPD_VERSION },
+				{ "Machine", host },
+				{ "TLS hostname", cfg && cfg->hostname ? cfg->hostname : "" },
+				{ "Mesh key", mesh ? "true" : "false" } };
+	static const char *const links[][2] = {
+		{ "/debug/vars", "Metrics (Go)" },
+		{ "/debug/varz", "Metrics (Prometheus)" },
+		{ "/metrics", "Metrics (Prometheus conventions)" },
+		{ "/debug/check", "Consistency check" },
+		{ "/debug/traffic", "Traffic check" },
+	};
+	struct mbuf b = { 0 };
+	mbuf_puts(&b, "<html><body><h1>derper debug</h1><ul>");
+	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
+		mbuf_printf(&b, "<li><b>%s:</b> ", kv[i][0]);
+		html_escaped(&b, kv[i][1]);
+		mbuf_puts(&b, "</li>");
+	}
+	for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+		mbuf_printf(&b, "<li><a href=\"%s\">%s</a> (%s)</li>", links[i][0], links[i][0],
+			    links[i][1]);
+	enum MHD_Result r = reply(c, 200, BROWSER, b.p, b.len, "Content-Type",
+				  "text/html; charset=utf-8", NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+static enum MHD_Result serve_debug(struct MHD_Connection *c, const char *path,
+				   const char *method)
+{
+	if (!debug_allowed(c, method))
+		return debug_denied(c);
+	if (strcmp(path, "/debug/") == 0)
+		return serve_debug_index(c);
+	if (strcmp(path, "/debug/varz") == 0)
+		return serve_scrape(c, 0, BROWSER_DEBUG);
+	if (strcmp(path, "/debug/vars") == 0) {
+		struct metrics_snapshot s;
+		metrics_gather(&s, cfg);
+		char *j = vars_json(&s);
+		enum MHD_Result r = reply(c, 200, BROWSER_DEBUG, j, j ? strlen(j) : 0, "Content-Type",
+					  "application/json; charset=utf-8", NULL);
+		free(j);
+		return r;
+	}
+	if (strcmp(path, "/debug/check") == 0) {
+		char problems[4096] = "";
+		if (server_consistency_check(problems, sizeof problems) != 0)
+			return http_error(c, 500, problems);
+		const char *ok = "derp.Server ConsistencyCheck okay";
+		return reply(c, 200, BROWSER_DEBUG, ok, strlen(ok), "Content-Type",
+			     "text/plain; charset=utf-8", NULL);
+	}
+	if (strcmp(path, "/debug/traffic") == 0) {
+		struct MHD_Response *r = traffic_response(c);
+		if (r == NULL)
+			return http_error(c, 503, "too many /debug/traffic streams");
+		MHD_add_response_header(r, "Strict-Transport-Security",
+					"max-age=63072000; includeSubDomains");
+		MHD_add_response_header(r, "Content-Security-Policy", csp_debug);
+		MHD_add_response_header(r, "X-Frame-Options", "DENY");
+		MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+		MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+		enum MHD_Result ret = MHD_queue_response(c, 200, r);
+		MHD_destroy_response(r);
+		return ret;
+	}
+	return http_error(c, 404, "404 page not found");
+}
+
+/* Go's path.Clean plus ServeMux's rule that a trailing slash survives. */
+static void clean_path(const char *p, char *out, size_t n)
+{
+	size_t w = 0, len = strlen(p);
+	if (n < 2) {
+		if (n)
+			out[0] = '\0';
+		return;
+	}
+	out[w++] = '/';
+	for (size_t r = 0; r < len;) {
+		while (r < len && p[r] == '/')
+			r++;
+		size_t s = r;
+		while (r < len && p[r] != '/')
+			r++;
+		size_t seg = r - s;
+		if (seg == 0 || (seg == 1 && p[s] == '.'))
+			continue;
+		if (seg == 2 && p[s] == '.' && p[s + 1] == '.') {
+			if (w > 1) { /* drop the last element */
+				w--;
+				while (w > 1 && out[w - 1] != '/')
+					w--;
+				if (w > 1)
+					w--;
+			}
+			continue;
+		}
+		if (w > 1 && w < n - 1)
+			out[w++] = '/';
+		for (size_t i = 0; i < seg && w < n - 1; i++)
+			out[w++] = p[s + i];
+	}
+	if (len > 0 && p[len - 1] == '/' && w > 1 && w < n - 1)
+		out[w++] = '/';
+	out[w] = '\0';
+}
+
+static enum MHD_Result add_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+				     const char *value)
+{
+	(void)kind;
+	struct mbuf *b = cls;
+	mbuf_puts(b, b->len && strchr(b->p, '?') ? "&" : "?");
+	for (int part = 0; part < 2; part++) {
+		const char *s = part ? value : key;
+		if (part && s == NULL)
+			break;
+		if (part)
+			mbuf_puts(b, "=");
+		for (; *s; s++) {
+			if (isalnum((unsigned char)*s) || strchr("-_.~", *s))
+				mbuf_add(b, s, 1);
+			else
+				mbuf_printf(b, "%%%02X", (unsigned char)*s);
+		}
+	}
+	return MHD_YES;
+}
+
+static enum MHD_Result route_main(struct MHD_Connection *c, const char *url,
+				  const char *method)
+{
+	if (url[0] != '/')
+		return http_error(c, 400, "400 Bad Request");
+	char clean[2048];
+	clean_path(url, clean, sizeof clean);
+	if (strcmp(clean, url) != 0) {
+		struct mbuf loc = { 0 };
+		mbuf_puts(&loc, clean);
+		MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_query_arg, &loc);
+		enum MHD_Result r = redirect(c, method, 301, loc.p, 0);
+		mbuf_free(&loc);
+		return r;
+	}
+	if (strcmp(url, "/derp") == 0)
+		return serve_derp(c);
+	if (strcmp(url, "/derp/probe") == 0 || strcmp(url, "/derp/latency-check") == 0)
+		return serve_probe(c, method);
+	if (strcmp(url, "/bootstrap-dns") == 0)
+		return serve_bootstrap_dns(c);
+	if (strcmp(url, "/robots.txt") == 0) {
+		const char *t = "User-agent: *\nDisallow: /\n";
+		return reply(c, 200, BROWSER, t, strlen(t), "Content-Type",
+			     "text/plain; charset=utf-8", NULL);
+	}
+	if (strcmp(url, "/generate_204") == 0)
+		return serve_no_content(c);
+	if (strcmp(url, "/debug") == 0)
+		return redirect(c, method, 301, "/debug/", 0);
+	if (strncmp(url, "/debug/", 7) == 0)
+		return serve_debug(c, url, method);
+	if (strcmp(url, "/metrics") == 0) /* derpd's extension, guarded like /debug/ */
+		return debug_allowed(c, method) ? serve_scrape(c, 1, 0) : debug_denied(c);
+	return serve_home(c, method);
+}
+
+/* The first call only announces the request; request bodies (which no endpoint reads)
+ * are consumed and dropped; the response goes out on the final call. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+				  const char *method, const char *version, const char *upload,
+				  size_t *upload_size, void **state)
+{
+	static int seen;
+	(void)version;
+	(void)upload;
+	if (*state == NULL) {
+		*state = &seen;
+		return MHD_YES;
+	}
+	if (*upload_size != 0) {
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (cls == NULL)
+		return route_main(c, url, method);
+	/* the --metrics-addr listener: scrapes only, its bind address is the access rule */
+	if (strcmp(url, "/metrics") == 0)
+		return serve_scrape(c, 1, 0);
+	if (strcmp(url, "/debug/varz") == 0)
+		return serve_scrape(c, 0, 0);
+	return http_error(c, 404, "404 page not found");
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	if (!log_verbose)
+		return; /* like derper's filter: per-connection HTTP noise is not news */
+	char msg[512];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	size_t n = strlen(msg);
+	while (n > 0 && msg[n - 1] == '\n')
+		msg[--n] = '\0';
+	log_info("http: %s", msg);
+}
+
+/* "host:port", "[v6]:port" or ":port" -> a listening socket. */
+static int listen_on(const char *addr, char *err, size_t errlen)
+{
+	char host[256];
+	const char *colon = strrchr(addr, ':');
+	if (colon == NULL || (size_t)(colon - addr) >= sizeof host)
+		return snprintf(err, errlen, "--metrics-addr \"%s\": want host:port", addr), -1;
+	memcpy(host, addr, (size_t)(colon - addr));
+	host[colon - addr] = '\0';
+	char *h = host;
+	size_t hl = strlen(h);
+	if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+		h[hl - 1] = '\0';
+		h++;
+	}
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res;
+	int rc = getaddrinfo(h[0] ? h : NULL, colon + 1, &hints, &res);
+	if (rc != 0)
+		return snprintf(err, errlen, "--metrics-addr \"%s\": %s", addr, gai_strerror(rc)), -1;
+	/* with no host, prefer the IPv6 wildcard (dual stack), as Go listens */
+	struct addrinfo *pick = res;
+	for (struct addrinfo *ai = res; ai && !h[0]; ai = ai->ai_next)
+		if (ai->ai_family == AF_INET6)
+			pick = ai;
+	int fd = socket(pick->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, zero = 0;
+	if (fd >= 0) {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (pick->ai_family == AF_INET6 && !h[0])
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+	}
+	if (fd < 0 || bind(fd, pick->ai_addr, pick->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+		snprintf(err, errlen, "--metrics-addr \"%s\": %s", addr, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(res);
+		return -1;
+	}
+	freeaddrinfo(res);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	getsockname(fd, (struct sockaddr *)&ss, &sl);
+	metrics_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+						     : ((struct sockaddr_in6 *)&ss)->sin6_port);
+	return fd;
+}
+
+int httpd_start(const struct config *c, char *err, size_t errlen)
+{
+	cfg = c;
+	started = time(NULL);
+	if (debug_access_init(err, errlen) != 0)
+		return -1;
+	regex_t re;
+	show_abuse_info = 0;
+	if (regcomp(&re, "^derp([^.]*)\\.tailscale\\.com\\.?$", REG_EXTENDED | REG_NOSUB) == 0) {
+		show_abuse_info = c && c->hostname && regexec(&re, c->hostname, 0, NULL, 0) == 0;
+		regfree(&re);
+	}
+	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_NO_LISTEN_SOCKET |
+			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	main_daemon = MHD_start_daemon(
+		flags, 0, NULL, NULL, on_request, NULL,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_HEAD_MEMORY,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+	if (main_daemon == NULL)
+		return snprintf(err, errlen, "libmicrohttpd: cannot start the HTTP daemon"), -1;
+	if (c && c->metrics_addr && c->metrics_addr[0]) {
+		int fd = listen_on(c->metrics_addr, err, errlen);
+		if (fd < 0) {
+			httpd_stop();
+			return -1;
+		}
+		static int metrics_cls; /* non-NULL cls selects the scrape-only routes */
+		metrics_daemon = MHD_start_daemon(
+			MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request,
+			&metrics_cls, MHD_OPTION_LISTEN_SOCKET, fd,
+			MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
+			MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+			MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+		if (metrics_daemon == NULL) {
+			close(fd);
+			httpd_stop();
+			return snprintf(err, errlen, "libmicrohttpd: cannot start the metrics listener"), -1;
+		}
+		log_info("metrics listening on %s (port %d)", c->metrics_addr, metrics_port);
+	}
+	if (bootstrap_dns_start(c ? c->bootstrap_dns_names : "",
+				c ? c->unpublished_bootstrap_dns_names : "", err, errlen) != 0) {
+		httpd_stop();
+		return -1;
+	}
+	return 0;
+}
+
+int httpd_add_connection(int fd, const struct sockaddr *peer, socklen_t peerlen)
+{
+	struct sockaddr_storage ss;
+	if (main_daemon == NULL) {
+		close(fd);
+		errno = ENOTCONN;
+		return -1;
+	}
+	if (peer == NULL) {
+		peerlen = sizeof ss;
+		if (getpeername(fd, (struct sockaddr *)&ss, &peerlen) != 0)
+			memset(&ss, 0, peerlen = sizeof(struct sockaddr_in));
+		peer = (struct sockaddr *)&ss;
+	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	return MHD_add_connection(main_daemon, fd, peer, peerlen) == MHD_YES ? 0 : -1;
+}
+
+int httpd_metrics_port(void)
+{
+	return metrics_daemon ? metrics_port : 0;
+}
+
+void httpd_stop(void)
+{
+	traffic_shutdown();
+	if (metrics_daemon) {
+		MHD_stop_daemon(metrics_daemon);
+		metrics_daemon = NULL;
+	}
+	if (main_daemon) {
+		MHD_stop_daemon(main_daemon);
+		main_daemon = NULL;
+	}
+	bootstrap_dns_stop();
+	metrics_port = 0;
+}

@@ -1,0 +1,118 @@
+/* Shared between the files of metrics/ only; other modules include metrics/httpd.h. */
+#ifndef DERPD_METRICS_INTERNAL_H
+#define DERPD_METRICS_INTERNAL_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "metrics/httpd.h"
+#include "server/stats.h"
+#include "stun/stun.h"
+
+struct config;
+
+/* ---- growable text buffer (buf.c) ---- */
+struct mbuf {
+	char *p;
+	size_t len, cap;
+	int oom; /* an allocation failed: contents are truncated */
+};
+void mbuf_add(struct mbuf *b, const char *s, size_t n);
+void mbuf_puts(struct mbuf *b, const char *s);
+void mbuf_printf(struct mbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mbuf_free(struct mbuf *b);
+/* Append v the way Go prints a float64 with %v / strconv 'g' -1: shortest digits that
+ * round-trip, exponent form for decimal exponents < -4 or >= 6 ("1e+06", "1.5e-05"),
+ * else plain ("123456.7"); "+Inf", "-Inf", "NaN" as Prometheus spells them. */
+void mbuf_go_float(struct mbuf *b, double v);
+/* The same into a fixed buffer; returns the length. */
+size_t go_float_format(char *out, size_t n, double v);
+
+/* ---- bootstrap DNS (bootstrap_dns.c, SERVER.md §9) ---- */
+struct bootstrap_dns_counters {
+	uint64_t requests, published_hits, published_misses;
+	uint64_t unpublished_hits, unpublished_misses, unpublished_percent_misses;
+	uint64_t queried_domains; /* current size of the queried-names set */
+};
+struct dns_map; /* name -> addresses (+ rollout percentage) */
+
+/* Start the resolver thread (only if a list is non-empty): resolve, sleep 10 min, repeat. */
+int bootstrap_dns_start(const char *published, const char *unpublished, char *err,
+			size_t errlen);
+void bootstrap_dns_stop(void);
+/* One synchronous resolution pass over both lists, as the thread does it. */
+void bootstrap_dns_refresh(void);
+/* The /bootstrap-dns body for query q (NULL or "" = none) from peer; malloc'd, *len set. */
+char *bootstrap_dns_answer(const char *q, const struct sockaddr *peer, size_t *len);
+void bootstrap_dns_counters_get(struct bootstrap_dns_counters *c);
+/* Rollout: does this client fall inside percent (0..1)? Deterministic per IP. */
+int bootstrap_dns_percent_match(const struct sockaddr *peer, double percent);
+/* Build and install maps directly (the resolver uses these; so do unit tests). */
+struct dns_map *dns_map_new(void);
+int dns_map_set(struct dns_map *m, const char *name, const char *const *addrs, size_t n,
+		double percent);
+void dns_map_free(struct dns_map *m);
+/* Install new maps (either may be NULL = keep); takes ownership. */
+void bootstrap_dns_install(struct dns_map *published, struct dns_map *unpublished);
+
+/* ---- debug access (access.c, SERVER.md §6.4) ---- */
+/* Read TS_ALLOW_DEBUG_IP, TS_DEBUG_TRUSTED_CIDRS, TS_DEBUG_KEY_PATH. -1 + err if a CIDR
+ * is invalid (derper exits). */
+int debug_access_init(char *err, size_t errlen);
+/* derper's rules in order: debugkey (GET only), X-Forwarded-For denies, then loopback,
+ * Tailscale addresses, TS_ALLOW_DEBUG_IP, TS_DEBUG_TRUSTED_CIDRS. */
+int debug_access_allowed(const struct sockaddr *peer, int is_get, const char *debugkey,
+			 int has_forwarded_for);
+/* 100.64.0.0/10 minus 100.115.92.0/23, or fd7a:115c:a1e0::/48 (v4-mapped unmapped). */
+int debug_addr_is_tailscale(const struct sockaddr *sa);
+/* Text form of the IP without port, IPv4-mapped addresses unmapped ("" if unknown). */
+void sockaddr_ip_string(const struct sockaddr *sa, char *out, size_t n);
+
+/* ---- metrics snapshot and writers (snapshot.c, varz.c, prom.c) ---- */
+struct metrics_snapshot {
+	struct derp_stats_snapshot derp;
+	struct stun_counters stun;
+	struct bootstrap_dns_counters dns;
+	uint64_t tls_request[HTTPD_TLS_NVERSIONS];
+	int64_t tls_active[HTTPD_TLS_NVERSIONS];
+	unsigned tls_request_seen, tls_active_seen; /* bit per version: label exists */
+	int tls_mode;                               /* tls_listener_* exist only then */
+	uint64_t tls_accepted, tls_rejected;
+	int rate_limit;                             /* --rate-config given */
+	/* process */
+	int64_t open_fds, max_fds, threads;
+	int64_t rss_bytes, vsize_bytes;
+	double vsize_max_bytes;   /* RLIMIT_AS; 2^64 when unlimited, as client_golang shows it */
+	double cpu_seconds;
+	double start_time;        /* Unix seconds, sub-second precision */
+	int64_t boot_time;        /* /proc/stat btime, 0 if unknown */
+	int64_t uptime_sec;
+	const char *version;      /* DERPD_VERSION */
+	char binary[64];          /* base name of the executable */
+};
+/* Fill every field: the relay's per-worker counters summed (never blocks a worker), STUN,
+ * bootstrap DNS, TLS counters and /proc. */
+void metrics_gather(struct metrics_snapshot *s, const struct config *cfg);
+/* derper's /debug/varz, byte for byte in its order and types (SERVER.md §15). */
+void varz_write(struct mbuf *b, const struct metrics_snapshot *s);
+/* derpd's /metrics: same values, Prometheus naming conventions, HELP on everything. */
+void prom_write(struct mbuf *b, const struct metrics_snapshot *s);
+/* /debug/vars: the varz values as one JSON object (malloc'd string). */
+char *vars_json(const struct metrics_snapshot *s);
+
+/* ---- /debug/traffic (traffic.c, SERVER.md §6.5) ---- */
+struct traffic_entry {
+	char peer[64]; /* "ip:port" as ss prints it, brackets removed, v4-mapped unmapped */
+	uint64_t sent, recv;
+};
+struct MHD_Connection;
+struct MHD_Response;
+/* A streaming response for conn (NULL if MAX_STREAMS are already running). */
+struct MHD_Response *traffic_response(struct MHD_Connection *conn);
+/* End all streams and resume their connections before the daemon stops. */
+void traffic_shutdown(void);
+/* Parse `ss -i -H -t` output: pairs of lines, field 4 of the first is the peer. Returns
+ * the number of entries (at most max). */
+size_t traffic_parse_ss(const char *out, struct traffic_entry *e, size_t max);
+
+#endif
