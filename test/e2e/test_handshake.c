@@ -220,8 +220,8 @@ static void test_no_upgrade_426(void **state)
 	derp_client_close(c);
 }
 
-/* A path other than /derp gets a proper HTTP response (404 for now; the home page and
- * probe paths come later). */
+/* A path other than /derp is served by the HTTP side: Go's ServeMux sends every
+ * unmatched path to the home page (SERVER.md §6), so 200 with HTML. */
 static void test_other_path(void **state)
 {
 	struct harness_server *s = *state;
@@ -229,7 +229,8 @@ static void test_other_path(void **state)
 
 	int st = harness_http(s, "GET /no-such-page HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 			      "Connection: close\r\n\r\n", resp, sizeof resp);
-	assert_int_equal(st, 404);
+	assert_int_equal(st, 200);
+	assert_non_null(strstr(resp, "text/html"));
 }
 
 /* §3.4: an Ideal-Node header does not change the handshake. */
