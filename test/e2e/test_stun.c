@@ -535,55 +535,148 @@ static void test_log_line(void **state)
 	stun_stop(s);
 }
 
-/* ---- the real binary: derpd -a 127.0.0.1:0 -stun-port 0 ---- */
-static void test_binary(void **state)
+/* ---- the real binary ---- */
+struct proc {
+	pid_t pid;
+	int err;         /* read end of the child's stderr */
+	char dir[32];    /* temporary directory holding the key file */
+	char log[8192];
+	size_t have;
+	bool eof;
+};
+
+/* A failed assertion longjmps out of a test; the group teardown ends what it left. */
+static struct proc *live;
+static void proc_end(struct proc *p);
+
+static const char *derpd_bin(void)
 {
-	(void)state;
 	const char *bin = getenv("DERPD_BIN");
 	struct stat st;
 
 	if (!bin || stat(bin, &st) != 0 || !(st.st_mode & S_IXUSR)) {
 		print_message("DERPD_BIN (%s) not built: binary case skipped\n", bin ? bin : "unset");
-		skip();
+		return NULL;
 	}
-	char dir[] = "/tmp/test_stun_XXXXXX", key[64];
-	assert_non_null(mkdtemp(dir));
-	snprintf(key, sizeof key, "%s/k.json", dir);
+	return bin;
+}
 
-	int pipefd[2];
+/* derpd -a 127.0.0.1:0 -c <tmp>/k.json <extra...> with stderr on a pipe. */
+static void proc_start(struct proc *p, const char *bin, const char *const *extra)
+{
+	char key[64];
+	const char *argv[16];
+	int n = 0, pipefd[2];
+
+	if (live) /* left running by a test that failed part-way */
+		proc_end(live);
+	memset(p, 0, sizeof *p);
+	strcpy(p->dir, "/tmp/test_stun_XXXXXX");
+	assert_non_null(mkdtemp(p->dir));
+	snprintf(key, sizeof key, "%s/k.json", p->dir);
+	argv[n++] = bin;
+	argv[n++] = "-a";
+	argv[n++] = "127.0.0.1:0";
+	argv[n++] = "-c";
+	argv[n++] = key;
+	while (*extra && n < 15)
+		argv[n++] = *extra++;
+	argv[n] = NULL;
 	assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
+	p->pid = fork();
+	assert_true(p->pid >= 0);
+	if (p->pid == 0) {
 		dup2(pipefd[1], 2);
-		execl(bin, bin, "-a", "127.0.0.1:0", "-c", key, "-stun-port", "0", (char *)NULL);
+		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
 	close(pipefd[1]);
+	p->err = pipefd[0];
+	live = p;
+}
 
-	/* Read stderr lines until the STUN line shows up, the child exits, or 10 s pass. */
-	char log[8192];
-	size_t have = 0;
-	int port = 0;
-	int64_t end = now_ms() + 10000;
-	while (!port && now_ms() < end) {
-		struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
-		if (poll(&p, 1, (int)(end - now_ms())) <= 0)
-			continue;
-		ssize_t n = read(pipefd[0], log + have, sizeof log - 1 - have);
-		if (n <= 0)
-			break; /* child closed stderr: it exited */
-		have += (size_t)n;
-		log[have] = 0;
-		const char *m = strstr(log, "STUN server listening on 127.0.0.1:");
+/* Read stderr until a complete line containing want appears (returns a pointer just
+ * past want), stderr closes, or ms pass (NULL). */
+static const char *proc_wait_line(struct proc *p, const char *want, int ms)
+{
+	int64_t end = now_ms() + ms;
+
+	for (;;) {
+		p->log[p->have] = 0;
+		const char *m = strstr(p->log, want);
 		if (m && strchr(m, '\n'))
-			port = atoi(m + strlen("STUN server listening on 127.0.0.1:"));
-		if (have == sizeof log - 1)
-			break;
+			return m + strlen(want);
+		if (p->eof || p->have == sizeof p->log - 1 || now_ms() >= end)
+			return NULL;
+		struct pollfd pf = { .fd = p->err, .events = POLLIN };
+		if (poll(&pf, 1, (int)(end - now_ms())) <= 0)
+			continue;
+		ssize_t n = read(p->err, p->log + p->have, sizeof p->log - 1 - p->have);
+		if (n <= 0)
+			p->eof = true;
+		else
+			p->have += (size_t)n;
 	}
+}
 
-	int ok = port > 0;
-	if (ok) {
+/* Wait up to ms for the child to exit by itself; -1 if it is still running. */
+static int proc_wait_exit(struct proc *p, int ms)
+{
+	int64_t end = now_ms() + ms;
+	int status;
+
+	for (;;) {
+		pid_t r = waitpid(p->pid, &status, WNOHANG);
+		if (r == p->pid) {
+			p->pid = 0;
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		}
+		if (now_ms() >= end)
+			return -1;
+		poll(NULL, 0, 10);
+	}
+}
+
+static void proc_end(struct proc *p)
+{
+	char key[64];
+
+	if (p->pid > 0) {
+		kill(p->pid, SIGTERM);
+		if (proc_wait_exit(p, 5000) < 0) {
+			kill(p->pid, SIGKILL);
+			waitpid(p->pid, NULL, 0);
+		}
+	}
+	close(p->err);
+	snprintf(key, sizeof key, "%s/k.json", p->dir);
+	unlink(key);
+	rmdir(p->dir);
+	live = NULL;
+}
+
+static int teardown_procs(void **state)
+{
+	(void)state;
+	if (live)
+		proc_end(live);
+	return 0;
+}
+
+/* derpd -a 127.0.0.1:0 -stun-port 0: the log names the real port, and it answers. */
+static void test_binary(void **state)
+{
+	(void)state;
+	static const char *const extra[] = { "-stun-port", "0", NULL };
+	const char *bin = derpd_bin();
+	static struct proc p;
+
+	if (!bin)
+		skip();
+	proc_start(&p, bin, extra);
+	const char *at = proc_wait_line(&p, "STUN server listening on 127.0.0.1:", 10000);
+	int port = at ? atoi(at) : 0;
+	if (port > 0) {
 		struct sockaddr_storage self;
 		struct sockaddr_storage server = loopback(AF_INET, port);
 		int fd = client_open(AF_INET, &self);
@@ -593,23 +686,60 @@ static void test_binary(void **state)
 		exchange(fd, &server, &self);
 		close(fd);
 	}
-	kill(pid, SIGTERM);
-	int status = 0;
-	int64_t kill_end = now_ms() + 5000;
-	while (waitpid(pid, &status, WNOHANG) == 0) {
-		if (now_ms() > kill_end) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &status, 0);
-			break;
-		}
-		poll(NULL, 0, 10);
-	}
-	close(pipefd[0]);
-	unlink(key);
-	rmdir(dir);
-	if (!ok)
+	proc_end(&p);
+	if (port <= 0)
 		fail_msg("%s printed no \"STUN server listening on 127.0.0.1:<port>\" in 10 s; "
-			 "stderr:\n%.*s", bin, (int)have, log);
+			 "stderr:\n%s", bin, p.log);
+}
+
+/* A STUN port that cannot be bound fails start-up (derper would ignore it). */
+static void test_binary_bind_error(void **state)
+{
+	(void)state;
+	const char *bin = derpd_bin();
+	struct sockaddr_storage self;
+	char port[16];
+	static struct proc p;
+
+	if (!bin)
+		skip();
+	int fd = client_open(AF_INET, &self); /* holds 127.0.0.1:<port> */
+	snprintf(port, sizeof port, "%d", ntohs(((struct sockaddr_in *)&self)->sin_port));
+	const char *const extra[] = { "-stun-port", port, NULL };
+	proc_start(&p, bin, extra);
+	int rc = proc_wait_exit(&p, 10000);
+	proc_wait_line(&p, "\x01never", 2000); /* the whole of stderr, up to its end */
+	proc_end(&p);
+	close(fd);
+	if (rc != 1)
+		fail_msg("want exit status 1 when the STUN port is taken, got %d; stderr:\n%s", rc,
+			 p.log);
+	if (!strstr(p.log, "STUN") || !strstr(p.log, port))
+		fail_msg("the error does not name STUN and the port; stderr:\n%s", p.log);
+}
+
+/* -stun=false opens no STUN socket: the port we hold does not stop start-up. */
+static void test_binary_stun_disabled(void **state)
+{
+	(void)state;
+	const char *bin = derpd_bin();
+	struct sockaddr_storage self;
+	char port[16];
+	static struct proc p;
+
+	if (!bin)
+		skip();
+	int fd = client_open(AF_INET, &self);
+	snprintf(port, sizeof port, "%d", ntohs(((struct sockaddr_in *)&self)->sin_port));
+	const char *const extra[] = { "-stun=false", "-stun-port", port, NULL };
+	proc_start(&p, bin, extra);
+	bool serving = proc_wait_line(&p, "serving on", 10000) != NULL;
+	proc_end(&p);
+	close(fd);
+	if (!serving)
+		fail_msg("derpd -stun=false did not start; stderr:\n%s", p.log);
+	if (strstr(p.log, "STUN server listening"))
+		fail_msg("-stun=false still started STUN; stderr:\n%s", p.log);
 }
 
 int main(void)
@@ -627,8 +757,10 @@ int main(void)
 		cmocka_unit_test(test_bind_error),
 		cmocka_unit_test(test_log_line),
 		cmocka_unit_test(test_binary),
+		cmocka_unit_test(test_binary_bind_error),
+		cmocka_unit_test(test_binary_stun_disabled),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	srand((unsigned)time(NULL));
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, NULL, teardown_procs);
 }
