@@ -663,6 +663,53 @@ static int teardown_procs(void **state)
 	return 0;
 }
 
+/* GET path over plain HTTP on 127.0.0.1:port into buf (headers and body); false on
+ * failure or when ms pass. */
+static bool http_get(int port, const char *path, char *buf, size_t cap, int ms)
+{
+	struct sockaddr_storage ss = loopback(AF_INET, port);
+	int64_t end = now_ms() + ms;
+	size_t have = 0;
+	char req[256];
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || connect(fd, (struct sockaddr *)&ss, sslen(&ss)) != 0) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+			 "Connection: close\r\n\r\n", path);
+	if (write(fd, req, (size_t)n) != n) {
+		close(fd);
+		return false;
+	}
+	for (;;) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		int left = (int)(end - now_ms());
+		if (left <= 0 || poll(&pf, 1, left) <= 0)
+			break;
+		ssize_t r = read(fd, buf + have, cap - 1 - have);
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		if (have == cap - 1)
+			break;
+	}
+	close(fd);
+	buf[have] = 0;
+	return have > 0;
+}
+
+/* The value of one exact sample line "name{labels} N" in a varz body, or -1. */
+static long long varz_value(const char *body, const char *sample)
+{
+	char want[128];
+	snprintf(want, sizeof want, "\n%s ", sample);
+	const char *m = strstr(body, want);
+	return m ? atoll(m + strlen(want)) : -1;
+}
+
 /* derpd -a 127.0.0.1:0 -stun-port 0: the log names the real port, and it answers. */
 static void test_binary(void **state)
 {
@@ -686,10 +733,29 @@ static void test_binary(void **state)
 		exchange(fd, &server, &self);
 		close(fd);
 	}
+	/* The same counts, under derper's names, in the relay's /debug/varz. */
+	const char *hat = proc_wait_line(&p, "serving on 127.0.0.1:", 5000);
+	int http_port = hat ? atoi(hat) : 0;
+	static char body[65536];
+	long long ok = -1, bad = -1, v4 = -1;
+	int64_t end = now_ms() + 5000;
+	while (port > 0 && http_port > 0 && now_ms() < end) {
+		if (http_get(http_port, "/debug/varz", body, sizeof body, 2000)) {
+			ok = varz_value(body, "stun_requests{disposition=\"success\"}");
+			bad = varz_value(body, "stun_requests{disposition=\"not_stun\"}");
+			v4 = varz_value(body, "stun_addrfamily{family=\"ipv4\"}");
+			if (ok >= 2)
+				break;
+		}
+		poll(NULL, 0, 20);
+	}
 	proc_end(&p);
 	if (port <= 0)
 		fail_msg("%s printed no \"STUN server listening on 127.0.0.1:<port>\" in 10 s; "
 			 "stderr:\n%s", bin, p.log);
+	if (ok != 2 || bad != 1 || v4 != 2)
+		fail_msg("/debug/varz on port %d: success %lld, not_stun %lld, ipv4 %lld; want 2, 1, 2",
+			 http_port, ok, bad, v4);
 }
 
 /* A STUN port that cannot be bound fails start-up (derper would ignore it). */
