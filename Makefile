@@ -25,7 +25,7 @@ E2E      := $(patsubst test/e2e/%.c,$(BUILD)/test/e2e/%,$(wildcard test/e2e/test
 E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
 FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
-.SECONDARY:
+.PRECIOUS: $(BUILD)/%.o
 .PHONY: all deps run test check check-unit check-e2e check-asan check-man \
         check-flags fuzz install clean bench
 all: derpd $(TOOLS)
@@ -70,10 +70,10 @@ test: deps
 check: all $(UNIT) $(E2E) check-man check-flags
 	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
 
-check-unit: all $(UNIT)
+check-unit: $(BUILD)/derpd $(TOOLS) $(UNIT)
 	@sh test/run.sh $(BUILD) $(UNIT)
 
-check-e2e: all $(E2E)
+check-e2e: $(BUILD)/derpd $(TOOLS) $(E2E)
 	@sh test/run.sh $(BUILD) $(E2E)
 
 # The whole suite again, built with AddressSanitizer + UBSan into build-asan/.
