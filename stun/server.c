@@ -331,9 +331,12 @@ static void *stun_thread(void *arg)
 	pfd[s->nfd] = (struct pollfd){ .fd = s->stopfd, .events = POLLIN };
 
 	for (;;) {
-		int r = poll(pfd, (nfds_t)s->nfd + 1, -1);
-		if (r < 0 && errno != EINTR)
-			break; /* only EFAULT/EINVAL/ENOMEM: nothing sensible left to do */
+		if (poll(pfd, (nfds_t)s->nfd + 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_info("STUN poll: %s", strerror(errno)); /* EFAULT/EINVAL/ENOMEM only */
+			break;
+		}
 		if (pfd[s->nfd].revents)
 			break;
 		/* Alternate full batches between the sockets so one family never starves the other. */
