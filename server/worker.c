@@ -54,8 +54,8 @@ void worker_timer_del(struct conn *c)
 void worker_timer_set(struct conn *c, int64_t at)
 {
 	worker_timer_del(c);
-	if (at <= c->w->wheel_ms)
-		at = c->w->wheel_ms + WHEEL_TICK_MS; /* already due: next tick */
+	if (at < c->w->wheel_ms)
+		at = c->w->wheel_ms; /* its window is past: the next one processed */
 	struct conn **slot = wheel_slot(c->w, at);
 	c->timer_ms = at;
 	c->tprev = NULL;
@@ -65,29 +65,33 @@ void worker_timer_set(struct conn *c, int64_t at)
 	*slot = c;
 }
 
+/* wheel_ms is the start of the first window not yet processed (a multiple of the tick).
+ * A window is processed once it lies wholly in the past, so whatever it holds is due and
+ * anything a handler re-arms lands in a later window. */
 static void wheel_run(struct worker *w, int64_t now)
 {
-	for (int64_t t = w->wheel_ms + WHEEL_TICK_MS; t <= now; t += WHEEL_TICK_MS) {
-		struct conn **slot = wheel_slot(w, t);
+	if (now - w->wheel_ms > (int64_t)WHEEL_SLOTS * WHEEL_TICK_MS)
+		w->wheel_ms = now - now % WHEEL_TICK_MS - (int64_t)WHEEL_SLOTS * WHEEL_TICK_MS;
+	while (w->wheel_ms + WHEEL_TICK_MS <= now) {
+		int64_t end = w->wheel_ms + WHEEL_TICK_MS;
+		struct conn **slot = wheel_slot(w, w->wheel_ms);
 		struct conn *due = NULL;
-		/* Unlink what is due first: handlers re-arm timers, possibly in this slot. */
+		/* Unlink what is due first: handlers re-arm timers. Later rotations stay. */
 		for (struct conn *c = *slot, *next; c; c = next) {
 			next = c->tnext;
-			if (c->timer_ms <= t) {
+			if (c->timer_ms < end) {
 				worker_timer_del(c);
 				c->tnext = due;
 				due = c;
 			}
 		}
-		w->wheel_ms = t;
+		w->wheel_ms = end;
 		while (due) {
 			struct conn *c = due;
 			due = c->tnext;
 			c->tnext = NULL;
 			conn_on_timer(c, now);
 		}
-		if (now - t > WHEEL_SLOTS * WHEEL_TICK_MS)
-			t = now - WHEEL_TICK_MS; /* a long stall: no need to walk every slot twice */
 	}
 }
 
@@ -210,7 +214,7 @@ static void *worker_main(void *arg)
 	struct epoll_event evs[256];
 
 	current_worker = w;
-	w->wheel_ms = now_ms();
+	w->wheel_ms = now_ms() - now_ms() % WHEEL_TICK_MS;
 	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
 		/* Left-over work on the ready list: poll without sleeping. */
 		int busy = __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL;
