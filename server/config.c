@@ -75,7 +75,7 @@ static const struct flag_def flags[] = {
 	FLAG("derp", FT_BOOL, run_derp, 0, 1,
 	     "serve DERP at /derp; false answers 404 there but keeps STUN and the other\n"
 	     "endpoints (for decommissioning a node)"),
-	FLAG("home", FT_STRING, home, 0, 0,
+	FLAG("home", FT_STRING, home,  0, 1,
 	     "root page: empty for the built-in page, \"blank\" for an empty page, or an\n"
 	     "http:// or https:// URL to redirect to"),
 	FLAG("mesh-psk-file", FT_STRING, mesh_psk_file, 0, 0,
@@ -90,9 +90,9 @@ static const struct flag_def flags[] = {
 	     "setec path prefix; the secret read is <prefix>/meshkey"),
 	FLAG("secrets-cache-dir", FT_STRING, secrets_cache_dir, 0, 0,
 	     "directory caching setec secrets (needed with -secrets-url)"),
-	FLAG("bootstrap-dns-names", FT_STRING, bootstrap_dns_names, 0, 0,
+	FLAG("bootstrap-dns-names", FT_STRING, bootstrap_dns_names,  0, 1,
 	     "comma-separated host names to resolve and publish at /bootstrap-dns"),
-	FLAG("unpublished-bootstrap-dns-names", FT_STRING, unpublished_bootstrap_dns_names, 0, 0,
+	FLAG("unpublished-bootstrap-dns-names", FT_STRING, unpublished_bootstrap_dns_names,  0, 1,
 	     "comma-separated host names answered at /bootstrap-dns?q= but not listed;\n"
 	     "name/txtname rolls out by the percentage in txtname's TXT record"),
 	FLAG("verify-clients", FT_BOOL, verify_clients, 0, 0,
@@ -123,6 +123,9 @@ static const struct flag_def flags[] = {
 	     "log per-connection detail"),
 	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
 	     "DERP keepalive frame period before per-connection jitter; must be > 0"),
+	FLAG("metrics-addr", FT_STRING, metrics_addr, 1, 1,
+	     "host:port of a listener serving only /metrics and /debug/varz, with no\n"
+	     "debug access check (the bind address is the access control); empty: none"),
 };
 #define NFLAGS (sizeof flags / sizeof flags[0])
 
@@ -410,6 +413,7 @@ static void config_defaults(struct config *cfg)
 	path_join(secrets_cache_buf, sizeof secrets_cache_buf, home, ".cache", "derper-secrets");
 	cfg->secrets_cache_dir = secrets_cache_buf;
 	cfg->bootstrap_dns_names = cfg->unpublished_bootstrap_dns_names = "";
+	cfg->metrics_addr = "";
 	cfg->verify_client_url = "";
 	cfg->verify_client_url_fail_open = 1;
 	cfg->socket_path = "";

@@ -474,10 +474,10 @@ static void test_home(void **state)
 	(void)state;
 	assert_int_equal(parse(&c, "-dev", "-home=bogus", NULL), 2);
 	assert_err_has("unknown --home value \"bogus\"");
-	assert_int_equal(parse(&c, "-dev", "-home=blank", NULL), 2);
-	assert_err_has("-home is not supported yet");
-	assert_int_equal(parse(&c, "-dev", "-home=https://example.com/", NULL), 2);
-	assert_err_has("-home is not supported yet");
+	assert_int_equal(parse(&c, "-dev", "-home=blank", NULL), 0);
+	assert_string_equal(c.home, "blank");
+	assert_int_equal(parse(&c, "-dev", "-home=https://example.com/", NULL), 0);
+	assert_string_equal(c.home, "https://example.com/");
 	assert_int_equal(parse(&c, "-dev", "-home=", NULL), 0);
 }
 
@@ -492,14 +492,12 @@ static void test_unsupported(void **state)
 		{ "-secrets-url=https://s", "-secrets-url" },
 		{ "-secrets-path-prefix=x", "-secrets-path-prefix" },
 		{ "-secrets-cache-dir=/x", "-secrets-cache-dir" },
-		{ "-bootstrap-dns-names=a", "-bootstrap-dns-names" },
-		{ "-unpublished-bootstrap-dns-names=a", "-unpublished-bootstrap-dns-names" },
 		{ "-verify-clients", "-verify-clients" }, { "-verify-client-url=http://x", "-verify-client-url" },
 		{ "-verify-client-url-fail-open=false", "-verify-client-url-fail-open" },
 		{ "-socket=/s", "-socket" }, { "-accept-connection-limit=1", "-accept-connection-limit" },
 		{ "-accept-connection-burst=1", "-accept-connection-burst" },
 		{ "-rate-config=/r.json", "-rate-config" }, { "--ace", "-ace" },
-		{ "-home=blank", "-home" }, { "-http-port=-1", "-http-port" },
+		{ "-http-port=-1", "-http-port" },
 		{ "--http-port=8080", "-http-port" },
 	};
 	static const char *const dflt[] = {
