@@ -27,6 +27,7 @@ int handshake_parse_client_info(const char *json, size_t len, struct client_info
 	int rc = -1;
 
 	memset(ci, 0, sizeof *ci);
+	err[0] = '\0';
 	if (!root) {
 		snprintf(err, errlen, "invalid JSON: %s", jerr.text);
 		return -1;
