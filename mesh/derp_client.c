@@ -46,7 +46,8 @@ struct derp_client {
 	size_t rcap, rpos, rlen, consumed;
 	char *http_head;
 	char *server_info;
-	/* advisory send limit from ServerInfo (token bucket in bytes, Go rate.Limiter) */
+	/* advisory send limit from ServerInfo (token bucket in bytes, Go rate.Limiter); set
+	 * at the handshake (a later ServerInfo resets it: then the writer needs a lock) */
 	double tb_rate, tb_burst, tb_tokens;
 	int64_t tb_last_ns;
 };
