@@ -2,21 +2,32 @@
 
 #include <stdlib.h>
 
-#define CACHE_MAX 32
+#define CACHE_MAX 32 /* per size, per thread */
 
-static __thread struct chunk *cache;
-static __thread int cache_n;
+struct cache {
+	struct chunk *head;
+	int n;
+};
+
+static __thread struct cache caches[2]; /* [0] small, [1] large */
+
+static int size_class(uint32_t cap)
+{
+	return cap == CHUNK_SMALL ? 0 : cap == CHUNK_LARGE ? 1 : -1;
+}
 
 struct chunk *chunk_get(uint32_t min_cap)
 {
+	uint32_t cap = min_cap <= CHUNK_SMALL ? CHUNK_SMALL
+		     : min_cap <= CHUNK_LARGE ? CHUNK_LARGE : min_cap;
+	int cls = size_class(cap);
 	struct chunk *c;
 
-	if (min_cap <= CHUNK_SIZE && cache) {
-		c = cache;
-		cache = c->next;
-		cache_n--;
+	if (cls >= 0 && caches[cls].head) {
+		c = caches[cls].head;
+		caches[cls].head = c->next;
+		caches[cls].n--;
 	} else {
-		uint32_t cap = min_cap > CHUNK_SIZE ? min_cap : CHUNK_SIZE;
 		c = malloc(sizeof *c + cap);
 		if (!c)
 			return NULL;
@@ -32,10 +43,11 @@ void chunk_put(struct chunk *c)
 	/* acq_rel: the freeing thread must see every write made through other references. */
 	if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
-	if (c->cap == CHUNK_SIZE && cache_n < CACHE_MAX) {
-		c->next = cache;
-		cache = c;
-		cache_n++;
+	int cls = size_class(c->cap);
+	if (cls >= 0 && caches[cls].n < CACHE_MAX) {
+		c->next = caches[cls].head;
+		caches[cls].head = c;
+		caches[cls].n++;
 		return;
 	}
 	free(c);
@@ -43,10 +55,12 @@ void chunk_put(struct chunk *c)
 
 void chunk_cache_drain(void)
 {
-	while (cache) {
-		struct chunk *c = cache;
-		cache = c->next;
-		free(c);
+	for (int i = 0; i < 2; i++) {
+		while (caches[i].head) {
+			struct chunk *c = caches[i].head;
+			caches[i].head = c->next;
+			free(c);
+		}
+		caches[i].n = 0;
 	}
-	cache_n = 0;
 }

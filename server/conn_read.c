@@ -179,20 +179,34 @@ static uint32_t frame_in_progress(const struct conn *c)
 
 /* Make room to read: the frame in progress must end up whole in one chunk. A chunk that
  * queued packets still point into is never written over; unparsed bytes move to a fresh
- * one (only the partial frame is copied). */
+ * one (only the partial frame is copied). The chunk size follows the sender: large while
+ * its reads fill chunks, small otherwise. */
 static int ensure_space(struct conn *c)
 {
 	uint32_t want = frame_in_progress(c);
+	uint32_t size = c->read_large ? CHUNK_LARGE : CHUNK_SMALL;
 
+	if (want < size)
+		want = size;
+	/* Only a ClientInfo can be larger than a large chunk: grow toward it as bytes
+	 * arrive rather than trusting the announced length with memory up front. */
+	if (want > CHUNK_LARGE && c->rchunk) {
+		uint32_t partial = c->rend - c->rstart;
+		uint32_t step = partial * 2 > CHUNK_LARGE ? partial * 2 : CHUNK_LARGE;
+		if (step < want)
+			want = step;
+	} else if (want > CHUNK_LARGE) {
+		want = CHUNK_LARGE;
+	}
 	if (!c->rchunk) {
 		c->rchunk = chunk_get(want);
 		c->rstart = c->rend = 0;
 		return c->rchunk ? 0 : -1;
 	}
-	if (c->rend < c->rchunk->cap && (!want || c->rstart + want <= c->rchunk->cap))
+	if (c->rend < c->rchunk->cap && c->rstart + want <= c->rchunk->cap)
 		return 0;
 	uint32_t partial = c->rend - c->rstart;
-	if (!chunk_shared(c->rchunk) && (want ? want : CHUNK_SIZE) <= c->rchunk->cap) {
+	if (!chunk_shared(c->rchunk) && want <= c->rchunk->cap) {
 		memmove(c->rchunk->data, c->rchunk->data + c->rstart, partial);
 	} else {
 		struct chunk *nc = chunk_get(want > partial ? want : partial);
@@ -222,7 +236,8 @@ void conn_on_readable(struct conn *c)
 			conn_close(c, "out of memory");
 			return;
 		}
-		ssize_t n = read(c->fd, c->rchunk->data + c->rend, c->rchunk->cap - c->rend);
+		uint32_t room = c->rchunk->cap - c->rend;
+		ssize_t n = read(c->fd, c->rchunk->data + c->rend, room);
 		if (n == 0) {
 			conn_close(c, c->rend > c->rstart || c->discard ? "EOF mid-frame" : "EOF");
 			return;
@@ -236,6 +251,10 @@ void conn_on_readable(struct conn *c)
 			return;
 		}
 		c->rend += (uint32_t)n;
+		if ((uint32_t)n == room)
+			c->read_large = 1;
+		else if (n < CHUNK_SMALL / 2)
+			c->read_large = 0;
 		if (parse_frames(c) < 0)
 			return;
 		if (i == READ_BUDGET - 1) {

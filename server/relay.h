@@ -84,7 +84,8 @@ struct conn {
 	uint8_t preferred, is_mesh, is_prober, not_ideal, registered, fast_start;
 	uint8_t on_ready;       /* on w->ready; guarded by w->ready_mu */
 	uint8_t pong_pending;
-	uint8_t read_more;      /* read budget ran out with data left: read again next turn */
+	uint8_t read_more;
+	uint8_t read_large;     /* reads fill small chunks: use large ones */      /* read budget ran out with data left: read again next turn */
 	uint8_t pong[8];
 	uint64_t id;
 	uint8_t key[32];
