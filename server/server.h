@@ -30,4 +30,23 @@ void server_clients_foreach(void (*cb)(void *arg, const struct server_client_inf
 /* derper's /debug/check: 0 and "" if consistent, else -1 and the problems. */
 int server_consistency_check(char *buf, size_t len);
 
+/* ---- the regional mesh (used by mesh/) ---- */
+
+/* The region's mesh key (SERVER.md §11); NULL or all-zero = none. Call before
+ * server_start(). Clients presenting it in ClientInfo become mesh peers. */
+void server_set_mesh_key(const uint8_t key[32]);
+/* Whether a mesh key is configured. */
+int server_have_mesh_key(void);
+
+/* Hand a logged-in outbound DERP connection to a region peer (this server dialled it with
+ * its own key and the mesh key, and already sent WatchConns) to a worker. From then on the
+ * peer's PeerPresent/PeerGone stream maintains the forwarder table, and SendPackets for
+ * keys connected there are forwarded over this connection as ForwardPacket frames.
+ * buf/len: bytes already read past ServerInfo (copied). name: for logs.
+ * on_closed(arg) runs once, on a worker thread, after the connection has ended and every
+ * key learned through it has been unregistered; it must not block. Returns 0, or -1 with
+ * fd closed and on_closed not called. */
+int server_mesh_adopt(int fd, const uint8_t *buf, size_t len, const char *name,
+		      void (*on_closed)(void *arg), void *arg);
+
 #endif
