@@ -481,6 +481,17 @@ static enum MHD_Result route_main(struct MHD_Connection *c, const char *url,
 	return serve_home(c, method);
 }
 
+/* RFC 9110 token: the only characters a method may have. */
+static int is_token(const char *s)
+{
+	if (*s == '\0')
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+			return 0;
+	return 1;
+}
+
 /* The first call only announces the request; request bodies (which no endpoint reads)
  * are consumed and dropped; the response goes out on the final call. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -498,6 +509,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_size = 0;
 		return MHD_YES;
 	}
+	if (!is_token(method)) /* Go refuses such requests; libmicrohttpd would route them */
+		return reply(c, 400, 0, "400 Bad Request", 15, "Content-Type",
+			     "text/plain; charset=utf-8", "Connection", "close", NULL);
 	if (cls == NULL)
 		return route_main(c, url, method);
 	/* the --metrics-addr listener: scrapes only, its bind address is the access rule */
@@ -620,6 +634,25 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 	return 0;
 }
 
+/* libmicrohttpd cuts header values at a NUL, so "X: a\0b" would reach a handler as "a".
+ * Go refuses control bytes in a request head with 400; check the (still unread, only
+ * peeked) head of the first request the same way before handing the socket over. */
+static int head_has_control_bytes(int fd)
+{
+	char buf[16 * 1024]; /* what a worker peeks */
+	ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		return 0;
+	const char *end = memmem(buf, (size_t)n, "\r\n\r\n", 4);
+	size_t len = end ? (size_t)(end - buf) : (size_t)n;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)buf[i];
+		if ((ch < 0x20 && ch != '\t' && ch != '\r' && ch != '\n') || ch == 0x7f)
+			return 1;
+	}
+	return 0;
+}
+
 int httpd_add_connection(int fd, const struct sockaddr *peer, socklen_t peerlen)
 {
 	struct sockaddr_storage ss;
@@ -637,6 +670,15 @@ int httpd_add_connection(int fd, const struct sockaddr *peer, socklen_t peerlen)
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0)
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	if (head_has_control_bytes(fd)) {
+		static const char bad[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; "
+					  "charset=utf-8\r\nConnection: close\r\nContent-Length: 15"
+					  "\r\n\r\n400 Bad Request";
+		if (send(fd, bad, sizeof bad - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+			log_debug("http: 400 to a bad head: %s", strerror(errno));
+		close(fd);
+		return 0;
+	}
 	return MHD_add_connection(main_daemon, fd, peer, peerlen) == MHD_YES ? 0 : -1;
 }
 
