@@ -3,7 +3,7 @@
 # Called by `make run`, `make test` and CI; does nothing when all is present.
 set -eu
 PKGS="build-essential pkg-config libsodium-dev libwolfssl-dev libjansson-dev \
-libmicrohttpd-dev libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps"
+libmicrohttpd-dev libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps prometheus"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
