@@ -98,7 +98,7 @@ static uint16_t logged_port(const struct harness_server *s)
 	return port > 0 && port < 65536 ? (uint16_t)port : 0;
 }
 
-static void dump_log(const struct harness_server *s)
+void harness_dump_log(const struct harness_server *s)
 {
 	size_t n;
 	char *log = read_file(s->log_path, &n);
@@ -162,11 +162,11 @@ struct harness_server *harness_start(const char *const *extra)
 	while (!(s->port = logged_port(s))) {
 		int st;
 		if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-			dump_log(s);
+			harness_dump_log(s);
 			fail_msg("derpd (%s) exited during start-up (status 0x%x)", bin, st);
 		}
 		if (harness_now_ms() > end) {
-			dump_log(s);
+			harness_dump_log(s);
 			kill(s->pid, SIGKILL);
 			waitpid(s->pid, NULL, 0);
 			fail_msg("derpd did not log \"serving on 127.0.0.1:<port>\" within 10 s");
@@ -178,7 +178,7 @@ struct harness_server *harness_start(const char *const *extra)
 	struct derp_client_opts o = harness_opts();
 	struct derp_client *c = derp_client_open("127.0.0.1", s->port, &o);
 	if (!c) {
-		dump_log(s);
+		harness_dump_log(s);
 		fail_msg("cannot open a DERP connection to derpd: %s", derp_client_error());
 	}
 	memcpy(s->pub, derp_client_server_key(c), 32);
@@ -210,7 +210,7 @@ void harness_stop(struct harness_server *s)
 	int bad_exit = !done || (WIFEXITED(st) && WEXITSTATUS(st) != 0) ||
 		       (WIFSIGNALED(st) && WTERMSIG(st) != SIGTERM);
 	if (bad_log || bad_exit)
-		dump_log(s);
+		harness_dump_log(s);
 	if (!getenv("DERPD_KEEP_TMP") && !bad_log && !bad_exit) {
 		unlink(s->key_path);
 		unlink(s->log_path);

@@ -29,6 +29,8 @@ void harness_stop(struct harness_server *s);
 int harness_setup(void **state);
 int harness_teardown(void **state);
 
+/* Print the tail of the server log to stderr (for failure diagnosis). */
+void harness_dump_log(const struct harness_server *s);
 /* The server log contains needle. */
 int harness_log_contains(const struct harness_server *s, const char *needle);
 

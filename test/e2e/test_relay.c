@@ -398,15 +398,17 @@ static void test_oversize_packet_closes_sender(void **state)
 static void test_keepalive(void **state)
 {
 	(void)state;
-	static const char *const args[] = { "--keepalive-interval", "1s", NULL };
+	static const char *const args[] = { "--keepalive-interval", "1s", "--verbose", NULL };
 	struct harness_server *s = harness_start(args);
 	struct derp_client *c = harness_client(s, NULL);
 	struct derp_msg m;
 	int64_t t0 = harness_now_ms();
 
 	int r = derp_client_recv(c, &m, 7000);
-	if (r)
+	if (r) {
+		harness_dump_log(s);
 		fail_msg("no KeepAlive within 7 s: %s", derp_client_error());
+	}
 	assert_int_equal(m.kind, DERP_MSG_KEEP_ALIVE);
 	assert_int_equal(m.frame_len, 0);
 	int64_t dt = harness_now_ms() - t0;
