@@ -40,7 +40,7 @@ static struct {
 } dnsd = { .mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
 
 /* 0, or -1 with a reason in err. */
-static int dnsd_netns_enter(char *err, size_t errlen)
+__attribute__((unused)) static int dnsd_netns_enter(char *err, size_t errlen)
 {
 	if (unshare(CLONE_NEWNS | CLONE_NEWNET) != 0)
 		return snprintf(err, errlen, "unshare(NEWNS|NEWNET): %s (needs root)", strerror(errno)), -1;
@@ -75,7 +75,7 @@ static int dnsd_netns_enter(char *err, size_t errlen)
 	return 0;
 }
 
-static void dnsd_set(const char *name, int type, const char *value)
+__attribute__((unused)) static void dnsd_set(const char *name, int type, const char *value)
 {
 	pthread_mutex_lock(&dnsd.mu);
 	int i;
@@ -92,14 +92,14 @@ static void dnsd_set(const char *name, int type, const char *value)
 	pthread_mutex_unlock(&dnsd.mu);
 }
 
-static void dnsd_servfail(int on)
+__attribute__((unused)) static void dnsd_servfail(int on)
 {
 	pthread_mutex_lock(&dnsd.mu);
 	dnsd.servfail = on;
 	pthread_mutex_unlock(&dnsd.mu);
 }
 
-static unsigned dnsd_queries(void)
+__attribute__((unused)) static unsigned dnsd_queries(void)
 {
 	pthread_mutex_lock(&dnsd.mu);
 	unsigned q = dnsd.queries;
@@ -108,7 +108,7 @@ static unsigned dnsd_queries(void)
 }
 
 /* Answer one query in q (n bytes) into out; returns the length or 0 to drop. */
-static size_t dnsd_answer(const uint8_t *q, size_t n, uint8_t *out, size_t cap)
+__attribute__((unused)) static size_t dnsd_answer(const uint8_t *q, size_t n, uint8_t *out, size_t cap)
 {
 	if (n < 12 || cap < 512)
 		return 0;
@@ -177,7 +177,7 @@ static size_t dnsd_answer(const uint8_t *q, size_t n, uint8_t *out, size_t cap)
 	return w;
 }
 
-static void *dnsd_main(void *arg)
+__attribute__((unused)) static void *dnsd_main(void *arg)
 {
 	(void)arg;
 	for (;;) {
@@ -195,7 +195,7 @@ static void *dnsd_main(void *arg)
 	}
 }
 
-static int dnsd_start(char *err, size_t errlen)
+__attribute__((unused)) static int dnsd_start(char *err, size_t errlen)
 {
 	dnsd.fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(53),
@@ -207,7 +207,7 @@ static int dnsd_start(char *err, size_t errlen)
 	return 0;
 }
 
-static void dnsd_stop(void)
+__attribute__((unused)) static void dnsd_stop(void)
 {
 	if (dnsd.fd < 0)
 		return;
