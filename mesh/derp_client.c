@@ -708,6 +708,23 @@ void derp_client_close(struct derp_client *c)
 	free(c);
 }
 
+int derp_client_detach(struct derp_client *c, uint8_t *buf, size_t cap, size_t *len)
+{
+	size_t n = derp_client_buffered(c);
+
+	if (n > cap || c->pend_len) {
+		set_err(c->pend_len ? "upgrade request not sent yet" : "%zu bytes buffered", n);
+		return -1;
+	}
+	if (n)
+		memcpy(buf, c->rbuf + c->rpos + c->consumed, n);
+	*len = n;
+	int fd = c->fd;
+	c->fd = -1;
+	derp_client_close(c);
+	return fd;
+}
+
 /* ---- steady state ------------------------------------------------------------- */
 
 int derp_client_recv(struct derp_client *c, struct derp_msg *m, int timeout_ms)

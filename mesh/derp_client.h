@@ -99,6 +99,12 @@ struct derp_client *derp_client_attach(int fd, const uint8_t priv[32],
 				       const uint8_t server_key[32]);
 
 void derp_client_close(struct derp_client *c);
+/* Take the socket out of c for another owner (the relay's epoll loop): copies the bytes
+ * received but not yet returned by recv into buf (*len of them; see
+ * derp_client_buffered() for the size needed), frees c and returns the still-open fd.
+ * Returns -1 and leaves c untouched if they do not fit or a fast-start request is still
+ * unsent. */
+int derp_client_detach(struct derp_client *c, uint8_t *buf, size_t cap, size_t *len);
 
 /* Accessors. */
 int derp_client_fd(const struct derp_client *c);
