@@ -370,6 +370,22 @@ int client_map_count(struct client_map *m, const uint8_t key[32])
 	return n;
 }
 
+void client_map_each_of(struct client_map *m, const uint8_t key[32],
+			void (*fn)(void *owner, void *arg), void *arg)
+{
+	uint64_t h = key_hash(m, key);
+	struct shard *s = shard_of(m, h);
+
+	pthread_mutex_lock(&s->mu);
+	struct entry *e = *slot_of(s, h, key);
+	if (e && e->n == 1)
+		fn(e->single->owner, arg);
+	else if (e)
+		for (uint32_t j = 0; j < e->n; j++)
+			fn(e->set[j]->owner, arg);
+	pthread_mutex_unlock(&s->mu);
+}
+
 void client_map_foreach(struct client_map *m, void (*fn)(void *arg, struct cm_member *mem),
 			void *arg)
 {

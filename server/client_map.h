@@ -54,6 +54,10 @@ void *client_map_active(struct client_map *m, const uint8_t key[32]);
 /* Number of connections registered for key. */
 int client_map_count(struct client_map *m, const uint8_t key[32]);
 
+/* Run fn(owner, arg) for every connection of key, under its shard lock. */
+void client_map_each_of(struct client_map *m, const uint8_t key[32],
+			void (*fn)(void *owner, void *arg), void *arg);
+
 /* Visit every member, shard by shard, each under its shard lock. */
 void client_map_foreach(struct client_map *m, void (*fn)(void *arg, struct cm_member *mem),
 			void *arg);

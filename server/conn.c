@@ -119,17 +119,24 @@ static int rtt_sample(int fd)
 	return RTT_INF;
 }
 
+/* Upstream: 2 s (--tcp-write-timeout) for clients, 30 s for mesh peers, 5 s for our
+ * own forwarding writes to a mesh peer; 0 = no timeout. */
+static int64_t write_timeout_ms(const struct conn *c)
+{
+	return c->outbound ? 5000 : c->is_mesh ? 30000 : relay.cfg->tcp_write_timeout_ms;
+}
+
 /* The next moment anything is due for c. */
 static void conn_rearm(struct conn *c)
 {
 	int64_t at = c->deadline_ms;
 
-	if (c->state == CS_RUNNING && (!at || c->keepalive_ms < at))
+	if (c->state == CS_RUNNING && !c->outbound && (!at || c->keepalive_ms < at))
 		at = c->keepalive_ms;
 	if (c->rtt_ms && (!at || c->rtt_ms < at))
 		at = c->rtt_ms;
-	if (c->stall_ms && relay.cfg->tcp_write_timeout_ms > 0) {
-		int64_t t = c->stall_ms + relay.cfg->tcp_write_timeout_ms;
+	if (c->stall_ms && write_timeout_ms(c) > 0) {
+		int64_t t = c->stall_ms + write_timeout_ms(c);
 		if (!at || t < at)
 			at = t;
 	}
@@ -144,8 +151,7 @@ void conn_on_timer(struct conn *c, int64_t now)
 						   : "timeout waiting for client info");
 		return;
 	}
-	if (c->stall_ms && relay.cfg->tcp_write_timeout_ms > 0 && !c->is_mesh &&
-	    now - c->stall_ms >= relay.cfg->tcp_write_timeout_ms) {
+	if (c->stall_ms && write_timeout_ms(c) > 0 && now - c->stall_ms >= write_timeout_ms(c)) {
 		STAT_ADD(&c->w->stats, sclient_write_timeouts, 1);
 		conn_close(c, "write timeout");
 		return;
@@ -156,7 +162,7 @@ void conn_on_timer(struct conn *c, int64_t now)
 			STAT_ADD(&c->w->stats, tcp_rtt[b], 1);
 		c->rtt_ms = now + RTT_INTERVAL_MS;
 	}
-	if (c->state == CS_RUNNING && now >= c->keepalive_ms) {
+	if (c->state == CS_RUNNING && !c->outbound && now >= c->keepalive_ms) {
 		uint8_t ka[5];
 		conn_queue_local(c, ka, (uint32_t)frame_keep_alive(ka));
 		c->keepalive_ms = now + relay.cfg->keepalive_ms;
@@ -224,8 +230,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		key_short(ks, c->key);
 		log_debug("derp: conn %llu %s: closing: %s", (unsigned long long)c->id, ks, why);
 		/* After this no other thread can find c, so nobody pushes to it any more. */
-		if (client_map_unregister(relay.map, &c->member))
-			relay_peer_gone(c);
+		mesh_on_unregister(c, client_map_unregister(relay.map, &c->member));
 		STAT_ADD(st, current_connections, -1);
 		if (c->preferred)
 			STAT_ADD(st, current_home_connections, -1);
@@ -236,6 +241,8 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		log_debug("derp: conn %llu: closing before login: %s", (unsigned long long)c->id, why);
 	}
 	c->state = CS_CLOSED;
+	if (c->outbound)
+		mesh_out_closed(c); /* before the fd goes: no forwarder may point at a dead conn */
 	worker_timer_del(c);
 	ready_unlink(c);
 	if (keep_fd)

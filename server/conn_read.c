@@ -15,8 +15,21 @@
 /* What to do with a frame once its header is known (PROTOCOL.md §13). */
 enum verdict { V_BUFFER, V_DISCARD, V_CLOSE };
 
+/* Frames a region peer's server sends on our outbound mesh connection. Like a Go client,
+ * skip what is short or unknown and refuse anything over 1 MiB. */
+static enum verdict judge_outbound(uint8_t type, uint32_t len, const char **why)
+{
+	if (len > 1024 * 1024)
+		return *why = "frame from mesh peer too long", V_CLOSE;
+	if ((type == FRAME_PEER_PRESENT || type == FRAME_PEER_GONE) && len >= 32 && len <= 1024)
+		return V_BUFFER;
+	return V_DISCARD;
+}
+
 static enum verdict judge(const struct conn *c, uint8_t type, uint32_t len, const char **why)
 {
+	if (c->outbound)
+		return judge_outbound(type, len, why);
 	if (c->state == CS_HANDSHAKE) {
 		if (type != FRAME_CLIENT_INFO)
 			return *why = "bad frame type before client info", V_CLOSE;
@@ -44,11 +57,25 @@ static enum verdict judge(const struct conn *c, uint8_t type, uint32_t len, cons
 			return *why = "ping body too large", V_CLOSE;
 		return V_BUFFER;
 	case FRAME_FORWARD_PACKET:
+		if (!c->is_mesh)
+			return *why = "insufficient permissions for forward packet", V_CLOSE;
+		if (len < 64)
+			return *why = "short forward packet frame", V_CLOSE;
+		if (len - 64 > DERP_MAX_PACKET)
+			return *why = "forward packet too long", V_CLOSE;
+		return V_BUFFER;
 	case FRAME_WATCH_CONNS:
+		if (len != 0)
+			return *why = "bad watch conns length", V_CLOSE;
+		if (!c->is_mesh)
+			return *why = "insufficient permissions for watch conns", V_CLOSE;
+		return V_BUFFER;
 	case FRAME_CLOSE_PEER:
-		/* Mesh-only frames; the regional mesh is not built yet, so no client holds the
-		 * privilege and these always close, as upstream does for non-mesh clients. */
-		return *why = "insufficient permissions for mesh frame", V_CLOSE;
+		if (len != 32)
+			return *why = "bad close peer length", V_CLOSE;
+		if (!c->is_mesh)
+			return *why = "insufficient permissions for close peer", V_CLOSE;
+		return V_BUFFER;
 	default:
 		return V_DISCARD;
 	}
@@ -93,6 +120,10 @@ static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t l
 {
 	uint8_t *payload = frame + FRAME_HEADER_LEN;
 
+	if (c->outbound) {
+		mesh_out_frame(c, type, payload, len);
+		return 0;
+	}
 	if (c->state == CS_HANDSHAKE) {
 		if (conn_client_info(c, payload, len) != 0) {
 			conn_close(c, "client info rejected");
@@ -106,6 +137,15 @@ static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t l
 		break;
 	case FRAME_NOTE_PREFERRED:
 		note_preferred(c, payload[0] != 0);
+		break;
+	case FRAME_FORWARD_PACKET:
+		mesh_forward_in(c, frame, len);
+		break;
+	case FRAME_WATCH_CONNS:
+		mesh_watch(c);
+		break;
+	case FRAME_CLOSE_PEER:
+		mesh_close_peer(payload);
 		break;
 	case FRAME_PING:
 		/* One pong slot: a ping arriving while one is pending is ignored (upstream). */
@@ -145,7 +185,8 @@ static int parse_frames(struct conn *c)
 			conn_close(c, why);
 			return -1;
 		case V_DISCARD:
-			client_map_note_activity(relay.map, &c->member);
+			if (c->registered)
+				client_map_note_activity(relay.map, &c->member);
 			c->rstart += FRAME_HEADER_LEN;
 			c->discard = len;
 			continue;
@@ -156,7 +197,7 @@ static int parse_frames(struct conn *c)
 			return 0; /* incomplete; ensure_space() makes room for all of it */
 		if (type == FRAME_PING)
 			STAT_ADD(&c->w->stats, got_ping, 1);
-		if (c->state == CS_RUNNING)
+		if (c->registered)
 			client_map_note_activity(relay.map, &c->member);
 		c->rstart += FRAME_HEADER_LEN + len;
 		if (handle_frame(c, type, frame, len) < 0)

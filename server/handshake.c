@@ -142,6 +142,7 @@ int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 
 	client_map_register(relay.map, &c->member);
 	c->registered = 1;
+	mesh_on_register(c);
 	STAT_ADD(&c->w->stats, current_connections, 1);
 	if (c->not_ideal)
 		STAT_ADD(&c->w->stats, current_notideal_connections, 1);

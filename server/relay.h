@@ -13,6 +13,7 @@
 #include "server/chunk.h"
 #include "server/client_map.h"
 #include "server/config.h"
+#include "server/forwarders.h"
 #include "server/stats.h"
 
 /* ---- packets and send queues (sendq.c) ---- */
@@ -85,7 +86,10 @@ struct conn {
 	uint8_t on_ready;       /* on w->ready; guarded by w->ready_mu */
 	uint8_t pong_pending;
 	uint8_t read_more;
-	uint8_t read_large;     /* reads fill small chunks: use large ones */      /* read budget ran out with data left: read again next turn */
+	uint8_t read_large;     /* reads fill small chunks: use large ones */
+	uint8_t is_watcher;     /* sent WatchConns: in relay.watchers */
+	uint8_t outbound;       /* our own client connection to a mesh peer */
+	uint8_t close_req;      /* atomic: another thread asked for this conn to close */      /* read budget ran out with data left: read again next turn */
 	uint8_t pong[8];
 	uint64_t id;
 	uint8_t key[32];
@@ -112,11 +116,14 @@ struct conn {
 	/* PeerGone(NotHere) limiter: 1 token/s, burst 3 */
 	double nothere_tokens;
 	int64_t nothere_ms;
-	struct sentto *sent;    /* keys this conn was handed packets from... see conn.c */
+	struct sentto *sent;    /* destinations this conn delivered to (PeerGone on leave) */
+	struct mesh_out *mesh;  /* outbound mesh connections only */
 
 	struct conn *ready_next;
 	struct conn *next, *prev; /* worker's list of all its conns */
 };
+
+struct mesh_out;
 
 struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa);
 void conn_on_readable(struct conn *c);
@@ -154,6 +161,7 @@ struct worker {
 	struct outbatch *batch_pool;
 	int nbatch_pool;
 	uint8_t *scratch;         /* WORKER_SCRATCH bytes for peeking request heads */
+	struct mesh_out *adopt;   /* outbound mesh connections to take on (under ready_mu) */
 	struct conn **wheel;      /* timer wheel slots */
 	int64_t wheel_ms;         /* time up to which the wheel has been processed */
 } __attribute__((aligned(64)));
@@ -181,6 +189,7 @@ struct relay {
 	uint8_t mesh_key[32];
 	int have_mesh_key;
 	struct client_map *map;
+	struct fwd_table *fwd;    /* the region's keys and their mesh forwarders */
 	struct worker *workers;
 	int nworkers;
 	int queue_depth;
@@ -194,7 +203,34 @@ extern struct relay relay;
 
 /* Route a packet (frame already rewritten as RecvPacket) from conn src to dst key. */
 void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco);
+/* Deliver p to dst's active local connection. Returns the lookup result; on CM_FOUND
+ * *dst_id is the receiving connection's id. */
+enum cm_lookup relay_deliver(const uint8_t dst[32], const struct pkt *p, int disco,
+			     uint64_t *dst_id);
+/* PeerGone(NotHere) to c, rate limited (PROTOCOL.md §7.3). */
+void relay_not_here(struct conn *c, const uint8_t dst[32]);
+/* PeerGone(key) to each (destination, connection id) of set still on that connection. */
+void relay_send_gone(const uint8_t key[32], const struct sentto *set);
 /* The key of a departed client: tell those who heard from it (PeerGone Disconnected). */
 void relay_peer_gone(struct conn *c);
+
+/* ---- the mesh, server side (mesh_serve.c) ---- */
+
+void mesh_serve_init(void);
+void mesh_serve_free(void);
+uint8_t mesh_present_flags(const struct conn *c);
+void mesh_on_register(struct conn *c);            /* PeerPresent to watchers */
+/* c's key lost its last local connection (last) or one of several (!last). */
+void mesh_on_unregister(struct conn *c, int last);
+void mesh_watch(struct conn *c);                  /* WatchConns */
+void mesh_close_peer(const uint8_t key[32]);      /* ClosePeer */
+void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len);
+/* SendPacket to a key not connected here: forward if a mesh peer has it. */
+int mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p, int disco);
+/* Frames read on an outbound mesh connection; its end. */
+void mesh_out_frame(struct conn *c, uint8_t type, const uint8_t *payload, uint32_t len);
+void mesh_out_closed(struct conn *c);
+/* Worker: take on the outbound connections queued by server_mesh_adopt(). */
+void mesh_out_adopt_pending(struct worker *w);
 
 #endif

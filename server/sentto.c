@@ -70,6 +70,36 @@ int sentto_note(struct sentto **set, const uint8_t dst[32], uint64_t conn_id)
 	return 0;
 }
 
+void sentto_remove(struct sentto *s, const uint8_t dst[32])
+{
+	if (!s)
+		return;
+	struct slot *sl = find(s, dst);
+	if (!sl->id)
+		return;
+	/* Linear probing: shift later members of the run back so lookups still find them. */
+	uint32_t i = (uint32_t)(sl - s->slots), j = i;
+	s->slots[i].id = 0;
+	for (;;) {
+		j = (j + 1) & (s->cap - 1);
+		if (!s->slots[j].id)
+			break;
+		uint32_t home = slot_hash(s->slots[j].key) & (s->cap - 1);
+		/* Move j back to the hole i unless its home lies cyclically in (i, j]. */
+		if ((i <= j) ? (home <= i || home > j) : (home <= i && home > j)) {
+			s->slots[i] = s->slots[j];
+			s->slots[j].id = 0;
+			i = j;
+		}
+	}
+	s->n--;
+}
+
+int sentto_empty(const struct sentto *s)
+{
+	return !s || s->n == 0;
+}
+
 void sentto_foreach(const struct sentto *s,
 		    void (*fn)(void *arg, const uint8_t dst[32], uint64_t conn_id), void *arg)
 {

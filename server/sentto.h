@@ -9,9 +9,12 @@ struct sentto;
 
 /* Record dst (connection id conn_id); *set is created on first use. -1 on OOM. */
 int sentto_note(struct sentto **set, const uint8_t dst[32], uint64_t conn_id);
+/* Forget dst (no-op if absent). */
+void sentto_remove(struct sentto *set, const uint8_t dst[32]);
 /* Visit every entry. */
 void sentto_foreach(const struct sentto *set,
 		    void (*fn)(void *arg, const uint8_t dst[32], uint64_t conn_id), void *arg);
+int sentto_empty(const struct sentto *set);
 void sentto_free(struct sentto *set);
 
 #endif

@@ -50,44 +50,55 @@ static void deliver(void *owner, void *arg)
 	a->dst_id = dst->id;
 }
 
+enum cm_lookup relay_deliver(const uint8_t dst[32], const struct pkt *p, int disco,
+			     uint64_t *dst_id)
+{
+	struct deliver_arg a = { p, disco, NULL, 0 };
+	enum cm_lookup r = client_map_with_active(relay.map, dst, deliver, &a);
+
+	if (a.wake)
+		worker_wake(a.wake);
+	*dst_id = a.dst_id;
+	return r;
+}
+
 /* PeerGone(NotHere) to the sender: a token bucket of 1/s, burst 3 (PROTOCOL.md §7.3). */
-static int nothere_allow(struct conn *c)
+void relay_not_here(struct conn *c, const uint8_t dst[32])
 {
 	int64_t now = now_ms();
+	uint8_t f[38];
 
 	c->nothere_tokens += (double)(now - c->nothere_ms) / 1000.0;
 	if (c->nothere_tokens > NOTHERE_BURST)
 		c->nothere_tokens = NOTHERE_BURST;
 	c->nothere_ms = now;
 	if (c->nothere_tokens < 1.0)
-		return 0;
+		return;
 	c->nothere_tokens -= 1.0;
-	return 1;
+	conn_queue_local(c, f, (uint32_t)frame_peer_gone(f, dst, PEER_GONE_NOT_HERE));
+	STAT_ADD(&current_worker->stats, peer_gone_not_here_frames, 1);
+	worker_mark_ready(c);
 }
 
 void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco)
 {
-	struct deliver_arg a = { p, disco, NULL, 0 };
 	struct derp_stats *st = &current_worker->stats;
+	uint64_t dst_id;
 
 	p->enq_ms = (uint32_t)now_ms();
-	switch (client_map_with_active(relay.map, dst, deliver, &a)) {
+	switch (relay_deliver(dst, p, disco, &dst_id)) {
 	case CM_FOUND:
-		if (a.wake)
-			worker_wake(a.wake);
-		sentto_note(&src->sent, dst, a.dst_id);
+		sentto_note(&src->sent, dst, dst_id);
 		return;
 	case CM_DUP_FIGHT:
 		sendq_count_drop(st, DROP_DUP_CLIENT, p);
 		return;
 	case CM_UNKNOWN:
+		if (mesh_forward_out(src, dst, p, disco))
+			return;
 		sendq_count_drop(st, DROP_UNKNOWN_DEST, p);
-		if (disco && nothere_allow(src)) {
-			uint8_t f[38];
-			conn_queue_local(src, f, (uint32_t)frame_peer_gone(f, dst, PEER_GONE_NOT_HERE));
-			STAT_ADD(st, peer_gone_not_here_frames, 1);
-			worker_mark_ready(src);
-		}
+		if (disco)
+			relay_not_here(src, dst);
 		return;
 	}
 }
@@ -121,9 +132,14 @@ static void gone_to(void *arg, const uint8_t dst[32], uint64_t id)
 		worker_wake(a.wake);
 }
 
+void relay_send_gone(const uint8_t key[32], const struct sentto *set)
+{
+	sentto_foreach(set, gone_to, (void *)key);
+}
+
 void relay_peer_gone(struct conn *c)
 {
-	sentto_foreach(c->sent, gone_to, c->key);
+	relay_send_gone(c->key, c->sent);
 }
 
 /* ---- listeners ---- */
@@ -263,9 +279,11 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 		return -1;
 	relay.rtt_stats = !env_bool("TS_DERP_DISABLE_RTT_STATS");
 	relay.map = client_map_new(MAP_SHARDS, CM_LAST_WRITER_ACTIVE);
+	relay.fwd = fwd_new(MAP_SHARDS / 4);
+	mesh_serve_init();
 	relay.nworkers = cfg->workers > 0 ? cfg->workers : 1;
 	relay.workers = aligned_alloc(64, sizeof(struct worker) * relay.nworkers);
-	if (!relay.map || !relay.workers) {
+	if (!relay.map || !relay.fwd || !relay.workers) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -315,6 +333,9 @@ void server_stop(void)
 	relay.workers = NULL;
 	client_map_free(relay.map);
 	relay.map = NULL;
+	fwd_free(relay.fwd);
+	relay.fwd = NULL;
+	mesh_serve_free();
 }
 
 int server_port(void)
@@ -335,6 +356,7 @@ void server_stats_sum(struct derp_stats_snapshot *snap)
 	uint64_t *sum = (uint64_t *)&snap->sum;
 	size_t nw = sizeof(struct derp_stats) / sizeof(uint64_t);
 	struct cm_gauges g;
+	struct fwd_counters fc;
 
 	memset(snap, 0, sizeof *snap);
 	for (int i = 0; i < relay.nworkers; i++) {
@@ -343,8 +365,13 @@ void server_stats_sum(struct derp_stats_snapshot *snap)
 			sum[j] += __atomic_load_n(&w[j], __ATOMIC_RELAXED);
 	}
 	client_map_gauges(relay.map, &g);
+	fwd_counters(relay.fwd, &fc);
 	snap->clients_local = g.keys;
-	snap->clients_remote = 0;
+	/* The forwarder table holds every local key too (as a marker), so it is the region. */
+	snap->clients_remote = fc.keys > g.keys ? fc.keys - g.keys : 0;
+	snap->sum.multiforwarder_created = fc.multi_created;
+	snap->sum.multiforwarder_deleted = fc.multi_deleted;
+	snap->sum.packet_forwarder_delete_other_value = fc.delete_other_value;
 	snap->current_dup_client_keys = g.dup_keys;
 	snap->current_dup_client_conns = g.dup_conns;
 	snap->sum.total_dup_client_conns = g.total_dup;

@@ -41,6 +41,8 @@ struct derp_stats {
 	uint64_t got_ping, sent_pong;
 	uint64_t peer_gone_disconnected_frames, peer_gone_not_here_frames;
 	uint64_t packets_forwarded_out, packets_forwarded_in;
+	uint64_t multiforwarder_created, multiforwarder_deleted; /* from the forwarder table */
+	uint64_t packet_forwarder_delete_other_value;
 	uint64_t sclient_write_timeouts;
 	uint64_t websocket_accepts;
 	uint64_t packets_dropped[DROP_NREASONS][KIND_N];

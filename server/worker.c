@@ -137,6 +137,8 @@ static void ready_drain(struct worker *w)
 		while (list) {
 			struct conn *c = list;
 			list = c->ready_next;
+			if (c->state != CS_CLOSED && __atomic_load_n(&c->close_req, __ATOMIC_ACQUIRE))
+				conn_close(c, "closed by a mesh peer (ClosePeer)");
 			if (c->state != CS_CLOSED && c->read_more) {
 				c->read_more = 0;
 				conn_on_readable(c);
@@ -236,6 +238,8 @@ static void *worker_main(void *arg)
 					conn_on_readable(c);
 			}
 		}
+		if (__atomic_load_n(&w->adopt, __ATOMIC_RELAXED))
+			mesh_out_adopt_pending(w);
 		ready_drain(w);
 		int64_t now = now_ms();
 		if (now - w->wheel_ms >= WHEEL_TICK_MS) {
