@@ -119,9 +119,10 @@ static void derp_group(struct mbuf *b, const struct metrics_snapshot *s)
 	typed(b, "derp_got_ping", "counter", (long long)d->got_ping);
 	typed(b, "derp_home_moves_in", "counter", (long long)d->home_moves_in);
 	typed(b, "derp_home_moves_out", "counter", (long long)d->home_moves_out);
-	typed(b, "derp_multiforwarder_created", "counter", 0);
-	typed(b, "derp_multiforwarder_deleted", "counter", 0);
-	typed(b, "derp_packet_forwarder_delete_other_value", "counter", 0);
+	typed(b, "derp_multiforwarder_created", "counter", (long long)d->multiforwarder_created);
+	typed(b, "derp_multiforwarder_deleted", "counter", (long long)d->multiforwarder_deleted);
+	typed(b, "derp_packet_forwarder_delete_other_value", "counter",
+	      (long long)d->packet_forwarder_delete_other_value);
 	typed(b, "derp_packets_forwarded_in", "counter", (long long)d->packets_forwarded_in);
 	typed(b, "derp_packets_forwarded_out", "counter", (long long)d->packets_forwarded_out);
 	typed(b, "derp_packets_received", "counter", (long long)d->packets_received);
