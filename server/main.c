@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "mesh/mesh.h"
 #include "metrics/httpd.h"
 #include "server/config.h"
 #include "server/key.h"
@@ -63,6 +64,11 @@ int main(int argc, char **argv)
 		log_info("derpd: config: %s", err);
 		return 1;
 	}
+	/* The mesh key must be known before any client logs in. */
+	if (mesh_init(&cfg, err, sizeof err) != 0) {
+		log_info("derpd: mesh: %s", err);
+		return 1;
+	}
 	if (cfg.run_stun && !(stun = stun_start(cfg.listen_host, cfg.stun_port, err, sizeof err))) {
 		log_info("derpd: STUN: %s", err);
 		return 1;
@@ -73,6 +79,10 @@ int main(int argc, char **argv)
 	}
 	if (server_start(&cfg, priv, err, sizeof err) != 0) {
 		log_info("derpd: %s", err);
+		return 1;
+	}
+	if (mesh_start(&cfg, priv, err, sizeof err) != 0) {
+		log_info("derpd: mesh: %s", err);
 		return 1;
 	}
 
@@ -86,6 +96,7 @@ int main(int argc, char **argv)
 		break;
 	}
 	log_info("derpd: %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	mesh_stop();
 	if (stun)
 		stun_stop(stun);
 	server_stop();
