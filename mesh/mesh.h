@@ -1,0 +1,53 @@
+/* The regional mesh, outbound half (spec SERVER.md §11, PROTOCOL.md §9): the mesh key, and
+ * one watch loop per --mesh-with peer that logs in to the peer with this server's own key
+ * and the mesh key, sends WatchConns and hands the connection to the relay
+ * (server_mesh_adopt), which keeps the forwarder table from what the peer announces.
+ *
+ * Start-up order (main): mesh_init() before server_start() -- it sets the server's mesh key
+ * and rejects a bad configuration before anything listens -- then mesh_start() after
+ * server_start(). Shutdown: mesh_stop(), before or after server_stop(). */
+#ifndef DERPD_MESH_H
+#define DERPD_MESH_H
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+
+/* Load the mesh key (--dev: env TAILSCALE_DERPER_MESH_KEY; else --mesh-psk-file), log
+ * which, hand it to server_set_mesh_key(), and check every --mesh-with entry.
+ * 0, or -1 with a message in err (the caller exits 1, as derper's log.Fatal does). */
+int mesh_init(const struct config *cfg, char *err, size_t errlen);
+/* Start one watch loop thread per --mesh-with peer (none for entries naming this server's
+ * --hostname). server_priv is the server's private key (the mesh client key). */
+int mesh_start(const struct config *cfg, const uint8_t server_priv[32], char *err,
+	       size_t errlen);
+/* Stop every watch loop promptly (a connect in progress is aborted) and join them. */
+void mesh_stop(void);
+
+/* ---- exposed for unit tests ---- */
+
+#define MESH_KEY_ENV "TAILSCALE_DERPER_MESH_KEY"
+
+/* Mesh key text as derper's key.ParseDERPMesh takes it: surrounding (Unicode) white space
+ * trimmed, then exactly 64 hex digits of either case. 0, or -1 with err set. An all-zero
+ * key parses; it means "no key". */
+int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char *err, size_t errlen);
+
+/* The key source per SERVER.md §11: --dev -> the environment variable (unset or empty =
+ * none); --mesh-psk-file -> the file (unreadable = error; empty file = none); else none.
+ * *have = 1 when a non-zero key was loaded. Logs as derper does. */
+int mesh_load_key(const struct config *cfg, uint8_t key[32], int *have, char *err,
+		  size_t errlen);
+
+/* One --mesh-with entry: "host[:port]" or "host[:port]/dialhost". */
+struct mesh_target {
+	char name[256];  /* host part as written: URL host, Host header, TLS name, log tag */
+	char dial[256];  /* host to connect to (dialhost, else the host of name) */
+	uint16_t port;   /* from name; 443 when absent */
+	int tls;         /* port 443: https (not supported yet), otherwise plain http */
+};
+/* Parse one entry (len bytes of s). 0, or -1 with err set. */
+int mesh_parse_target(const char *s, size_t len, struct mesh_target *t, char *err,
+		      size_t errlen);
+
+#endif
