@@ -9,7 +9,7 @@
 #include "server/log.h"
 #include "server/relay.h"
 
-#define READ_BUDGET 8 /* reads per wake-up before giving other connections a turn */
+#define READ_BUDGET 2 /* reads per wake-up before giving other connections a turn */
 #define HOME_MOVE_GRACE_MS 5000
 
 /* What to do with a frame once its header is known (PROTOCOL.md §13). */

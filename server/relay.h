@@ -46,7 +46,8 @@ struct sendq {
 void sendq_init(struct sendq *q);
 /* Upstream's policy: make room by dropping the oldest; count drops in st. Takes over the
  * packet's chunk reference either way. */
-void sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
+/* Returns the number of packets now in p's queue. */
+int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
 void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len);
 /* Owner: move up to max packets into out[] (alternating queues) and append whole control
  * frames into ctrl (up to ctrl_cap). Returns the number of packets. */
@@ -203,10 +204,10 @@ extern struct relay relay;
 
 /* Route a packet (frame already rewritten as RecvPacket) from conn src to dst key. */
 void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco);
-/* Deliver p to dst's active local connection. Returns the lookup result; on CM_FOUND
- * *dst_id is the receiving connection's id. */
-enum cm_lookup relay_deliver(const uint8_t dst[32], const struct pkt *p, int disco,
-			     uint64_t *dst_id);
+/* Deliver p (read on src) to dst's active local connection. Returns the lookup result;
+ * on CM_FOUND *dst_id is the receiving connection's id. */
+enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
+			     int disco, uint64_t *dst_id);
 /* PeerGone(NotHere) to c, rate limited (PROTOCOL.md §7.3). */
 void relay_not_here(struct conn *c, const uint8_t dst[32]);
 /* PeerGone(key) to each (destination, connection id) of set still on that connection. */

@@ -33,7 +33,7 @@ static void note_queue_time(struct derp_stats *st, const struct pkt *p)
 	STAT_ADD(st, queue_count, 1);
 }
 
-void sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st)
+int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st)
 {
 	int qi = disco ? Q_DISCO : Q_REGULAR;
 	int depth = relay.queue_depth;
@@ -64,6 +64,7 @@ void sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp
 			q->n[qi]--;
 		}
 	}
+	int n = q->n[qi];
 	pthread_mutex_unlock(&q->mu);
 
 	for (int i = 0; i < ndropped; i++) {
@@ -75,6 +76,7 @@ void sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp
 		sendq_count_drop(st, gone ? DROP_GONE_DISCONNECTED : DROP_QUEUE_TAIL, p);
 		chunk_put(p->c);
 	}
+	return n;
 }
 
 void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len)

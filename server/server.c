@@ -36,6 +36,7 @@ struct deliver_arg {
 	int disco;
 	struct worker *wake;
 	uint64_t dst_id;
+	struct conn *flush; /* a receiver of this worker whose queue just filled */
 };
 
 /* Runs under the destination key's shard lock. */
@@ -45,20 +46,27 @@ static void deliver(void *owner, void *arg)
 	struct deliver_arg *a = arg;
 
 	chunk_ref(a->p->c);
-	sendq_push_pkt(&dst->q, a->p, a->disco, &current_worker->stats);
+	int n = sendq_push_pkt(&dst->q, a->p, a->disco, &current_worker->stats);
 	a->wake = worker_mark_ready(dst);
 	a->dst_id = dst->id;
+	if (n >= relay.queue_depth && dst->w == current_worker)
+		a->flush = dst;
 }
 
-enum cm_lookup relay_deliver(const uint8_t dst[32], const struct pkt *p, int disco,
-			     uint64_t *dst_id)
+enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
+			     int disco, uint64_t *dst_id)
 {
-	struct deliver_arg a = { p, disco, NULL, 0 };
+	struct deliver_arg a = { p, disco, NULL, 0, NULL };
 	enum cm_lookup r = client_map_with_active(relay.map, dst, deliver, &a);
 
 	if (a.wake)
 		worker_wake(a.wake);
 	*dst_id = a.dst_id;
+	/* A full queue on our own worker: write it out now rather than drop the next
+	 * packet. Safe outside the shard lock: only this thread could free dst. The
+	 * sender's own connection is left alone (it is in the middle of parsing). */
+	if (a.flush && a.flush != src)
+		conn_flush(a.flush);
 	return r;
 }
 
@@ -86,7 +94,7 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 	uint64_t dst_id;
 
 	p->enq_ms = (uint32_t)now_ms();
-	switch (relay_deliver(dst, p, disco, &dst_id)) {
+	switch (relay_deliver(src, dst, p, disco, &dst_id)) {
 	case CM_FOUND:
 		sentto_note(&src->sent, dst, dst_id);
 		return;

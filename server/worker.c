@@ -125,6 +125,8 @@ void worker_wake(struct worker *w)
 
 static void ready_drain(struct worker *w)
 {
+	if (!__atomic_load_n(&w->ready, __ATOMIC_RELAXED))
+		return;
 	for (int round = 0; round < 4; round++) {
 		pthread_mutex_lock(&w->ready_mu);
 		struct conn *list = w->ready;
@@ -237,6 +239,9 @@ static void *worker_main(void *arg)
 				    (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
 					conn_on_readable(c);
 			}
+			/* Deliver what that read produced before reading more: receivers'
+			 * queues are short (32), so writes must keep pace with reads. */
+			ready_drain(w);
 		}
 		if (__atomic_load_n(&w->adopt, __ATOMIC_RELAXED))
 			mesh_out_adopt_pending(w);
