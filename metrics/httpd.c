@@ -309,9 +309,7 @@ static enum MHD_Result serve_debug_index(struct MHD_Connection *c)
 	char up[64], host[256] = "";
 	uptime_string(up, sizeof up);
 	gethostname(host, sizeof host - 1);
-	const char *mesh_env = cfg && cfg->dev ? getenv("TAILSCALE_DERPER_MESH_KEY") : NULL;
-	int mesh = (cfg && cfg->mesh_psk_file && cfg->mesh_psk_file[0]) ||
-		   (cfg && cfg->secrets_url && cfg->secrets_url[0]) || (mesh_env && mesh_env[0]);
+	int mesh = server_have_mesh_key();
 	const char *kv[][2] = { { "Uptime", up },
 				{ "Version", DERPD_VERSION },
 				{ "Machine", host },
