@@ -78,10 +78,10 @@ static const struct flag_def flags[] = {
 	FLAG("home", FT_STRING, home,  0, 1,
 	     "root page: empty for the built-in page, \"blank\" for an empty page, or an\n"
 	     "http:// or https:// URL to redirect to"),
-	FLAG("mesh-psk-file", FT_STRING, mesh_psk_file, 0, 0,
+	FLAG("mesh-psk-file", FT_STRING, mesh_psk_file, 0, 1,
 	     "file holding the mesh pre-shared key (64 hex digits; whitespace trimmed);\n"
 	     "default: /home/derp/keys/derp-mesh.key or $HOME/keys/derp-mesh.key if present"),
-	FLAG("mesh-with", FT_STRING, mesh_with, 0, 0,
+	FLAG("mesh-with", FT_STRING, mesh_with, 0, 1,
 	     "comma-separated region peers to mesh with (may include this server);\n"
 	     "an entry host/dialhost dials dialhost but uses host as the name"),
 	FLAG("secrets-url", FT_STRING, secrets_url, 0, 0,
@@ -762,10 +762,5 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		cfg->config_path = DEFAULT_KEY_PATH;
 		log_info("no config path specified; using %s", cfg->config_path);
 	}
-	/* Only the auto-detected default gets here (anything else was refused above);
-	 * derper would load it, so say that we do not rather than ignore it silently. */
-	if (!cfg->dev && cfg->mesh_psk_file[0] != '\0')
-		log_info("mesh key file %s found but mesh is not supported yet; ignoring it",
-			 cfg->mesh_psk_file);
 	return 0;
 }

@@ -190,12 +190,9 @@ static void test_env_defaults(void **state)
 	close(fd);
 	assert_int_equal(parse(&c, "-a", ":8080", "-c", "/tmp/k", NULL), 0);
 	assert_string_equal(c.mesh_psk_file, sys_psk ? "/home/derp/keys/derp-mesh.key" : want);
-	if (!sys_psk)
-		assert_err_has("mesh is not supported yet");
 	/* ... and naming it explicitly is the default value, so also fine. */
 	snprintf(keys, sizeof keys, "%s", c.mesh_psk_file);
 	assert_int_equal(parse(&c, "-a", ":8080", "-c", "/tmp/k", "-mesh-psk-file", keys, NULL), 0);
-	assert_err_has("mesh is not supported yet");
 	snprintf(keys, sizeof keys, "%s/keys", home);
 
 	unlink(want);
@@ -488,7 +485,6 @@ static void test_unsupported(void **state)
 	static const struct { const char *arg, *msg; } t[] = {
 		{ "-acme-eab-kid=k", "-acme-eab-kid" }, { "-acme-eab-key=k", "-acme-eab-key" },
 		{ "-acme-email=a@b", "-acme-email" }, { "-acme-ip-certs", "-acme-ip-certs" },
-		{ "-mesh-psk-file=/nonexistent", "-mesh-psk-file" }, { "-mesh-with=a,b", "-mesh-with" },
 		{ "-secrets-url=https://s", "-secrets-url" },
 		{ "-secrets-path-prefix=x", "-secrets-path-prefix" },
 		{ "-secrets-cache-dir=/x", "-secrets-cache-dir" },
