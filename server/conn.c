@@ -191,13 +191,14 @@ void conn_start_running(struct conn *c)
 	conn_rearm(c);
 }
 
+/* stall_ms is also read by other workers (as a hint in relay_deliver): atomic stores. */
 void conn_set_stalled(struct conn *c, int stalled)
 {
 	if (stalled && !c->stall_ms) {
-		c->stall_ms = now_ms();
+		__atomic_store_n(&c->stall_ms, now_ms(), __ATOMIC_RELAXED);
 		conn_rearm(c);
-	} else if (!stalled) {
-		c->stall_ms = 0;
+	} else if (!stalled && c->stall_ms) {
+		__atomic_store_n(&c->stall_ms, 0, __ATOMIC_RELAXED);
 	}
 }
 

@@ -159,10 +159,17 @@ static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t l
 	return 0;
 }
 
-/* Parse every complete frame in the buffer. Returns -1 if the connection was closed. */
+/* Parse every complete frame in the buffer. Returns -1 if the connection was closed,
+ * 1 if it paused (see relay_deliver) with frames left, else 0. */
 static int parse_frames(struct conn *c)
 {
 	for (;;) {
+		if (c->paused) {
+			c->paused = 0;
+			c->read_more = 1; /* resume next turn, after the other worker's */
+			worker_mark_ready(c);
+			return 1;
+		}
 		uint32_t avail = c->rend - c->rstart;
 		if (c->discard) {
 			uint32_t k = c->discard < avail ? (uint32_t)c->discard : avail;
@@ -272,6 +279,12 @@ void conn_on_readable(struct conn *c)
 		if (conn_flush(c) < 0)
 			return;
 	}
+	/* Frames left over from a pause come first. */
+	if (c->rchunk && c->rend > c->rstart) {
+		int r = parse_frames(c);
+		if (r != 0)
+			return;
+	}
 	for (int i = 0; i < READ_BUDGET; i++) {
 		if (ensure_space(c) != 0) {
 			conn_close(c, "out of memory");
@@ -296,8 +309,11 @@ void conn_on_readable(struct conn *c)
 			c->read_large = 1;
 		else if (n < CHUNK_SMALL / 2)
 			c->read_large = 0;
-		if (parse_frames(c) < 0)
+		int r = parse_frames(c);
+		if (r < 0)
 			return;
+		if (r > 0)
+			break;
 		if (i == READ_BUDGET - 1) {
 			/* More may be waiting, and edge-triggered epoll will not say so again. */
 			c->read_more = 1;

@@ -88,6 +88,7 @@ struct conn {
 	uint8_t pong_pending;
 	uint8_t read_more;
 	uint8_t read_large;     /* reads fill small chunks: use large ones */
+	uint8_t paused;         /* stop parsing: a receiver on another worker is catching up */
 	uint8_t is_watcher;     /* sent WatchConns: in relay.watchers */
 	uint8_t outbound;       /* our own client connection to a mesh peer */
 	uint8_t close_req;      /* atomic: another thread asked for this conn to close */      /* read budget ran out with data left: read again next turn */

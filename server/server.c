@@ -37,6 +37,7 @@ struct deliver_arg {
 	struct worker *wake;
 	uint64_t dst_id;
 	struct conn *flush; /* a receiver of this worker whose queue just filled */
+	int busy;           /* a receiver on another worker filled up but is draining */
 };
 
 /* Runs under the destination key's shard lock. */
@@ -49,14 +50,18 @@ static void deliver(void *owner, void *arg)
 	int n = sendq_push_pkt(&dst->q, a->p, a->disco, &current_worker->stats);
 	a->wake = worker_mark_ready(dst);
 	a->dst_id = dst->id;
-	if (n >= relay.queue_depth && dst->w == current_worker)
-		a->flush = dst;
+	if (n >= relay.queue_depth) {
+		if (dst->w == current_worker)
+			a->flush = dst;
+		else if (!__atomic_load_n(&dst->stall_ms, __ATOMIC_RELAXED))
+			a->busy = 1;
+	}
 }
 
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
 			     int disco, uint64_t *dst_id)
 {
-	struct deliver_arg a = { p, disco, NULL, 0, NULL };
+	struct deliver_arg a = { p, disco, NULL, 0, NULL, 0 };
 	enum cm_lookup r = client_map_with_active(relay.map, dst, deliver, &a);
 
 	if (a.wake)
@@ -67,6 +72,11 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 	 * sender's own connection is left alone (it is in the middle of parsing). */
 	if (a.flush && a.flush != src)
 		conn_flush(a.flush);
+	/* A receiver on the other worker is full only because that worker has not had its
+	 * turn yet (its socket is not stalled): let the sender pause until it has, instead
+	 * of overrunning the queue. A receiver that is really slow costs only itself. */
+	if (a.busy)
+		src->paused = 1;
 	return r;
 }
 
@@ -367,6 +377,8 @@ void server_stats_sum(struct derp_stats_snapshot *snap)
 	struct fwd_counters fc;
 
 	memset(snap, 0, sizeof *snap);
+	if (!relay.map)
+		return; /* not started (or stopped): all zero */
 	for (int i = 0; i < relay.nworkers; i++) {
 		const uint64_t *w = (const uint64_t *)&relay.workers[i].stats;
 		for (size_t j = 0; j < nw; j++)
@@ -421,7 +433,8 @@ void server_clients_foreach(void (*cb)(void *arg, const struct server_client_inf
 {
 	struct foreach_arg a = { cb, arg, 0 };
 
-	client_map_foreach(relay.map, foreach_member, &a);
+	if (relay.map)
+		client_map_foreach(relay.map, foreach_member, &a);
 }
 
 int server_consistency_check(char *buf, size_t len)
@@ -431,6 +444,8 @@ int server_consistency_check(char *buf, size_t len)
 	size_t off = 0;
 
 	buf[0] = '\0';
+	if (!relay.map)
+		return 0;
 	server_stats_sum(&s);
 	client_map_foreach(relay.map, foreach_member, &a);
 	/* Connections register and leave concurrently; a busy server may show a transient
