@@ -155,6 +155,7 @@ struct worker {
 	pthread_t thread;
 	int epfd, evfd, lfd;
 	int stop, listen_paused;
+	int64_t drain_until;      /* shutting down: Restarting sent, flushing until then */
 	struct derp_stats stats;
 	pthread_mutex_t ready_mu;
 	struct conn *ready;       /* conns with pending output */

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/frame.h"
 #include "server/log.h"
 #include "server/relay.h"
 
@@ -16,6 +17,11 @@
 #define WHEEL_TICK_MS 100  /* resolution of every deadline */
 #define ACCEPT_BUDGET 64
 #define BATCH_POOL_MAX 64
+/* Graceful stop (a derpd extension): clients are told to reconnect in RESTART_IN_MS and
+ * keep trying for RESTART_TRY_MS; queued output gets DRAIN_MS to go out. */
+#define RESTART_IN_MS 1000
+#define RESTART_TRY_MS 5000
+#define DRAIN_MS 2000
 
 __thread struct worker *current_worker;
 
@@ -212,6 +218,32 @@ static void accept_some(struct worker *w)
 	}
 }
 
+/* stop == 1: begin draining. Returns 1 once this worker may exit. */
+static int drain(struct worker *w, int64_t now)
+{
+	if (!w->drain_until) {
+		uint8_t f[13];
+		frame_restarting(f, RESTART_IN_MS, RESTART_TRY_MS);
+		listen_pause(w, 1);
+		w->drain_until = now + DRAIN_MS;
+		for (struct conn *c = w->conns, *next; c; c = next) {
+			next = c->next;
+			if (c->state == CS_RUNNING && !c->outbound) {
+				conn_queue_local(c, f, sizeof f);
+				conn_flush(c);
+			} else {
+				conn_close(c, "server shutting down");
+			}
+		}
+	}
+	if (now >= w->drain_until)
+		return 1;
+	for (struct conn *c = w->conns; c; c = c->next)
+		if (c->state == CS_RUNNING && !c->outbound && (c->out || c->llen))
+			return 0; /* still writing */
+	return 1;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -219,10 +251,12 @@ static void *worker_main(void *arg)
 
 	current_worker = w;
 	w->wheel_ms = now_ms() - now_ms() % WHEEL_TICK_MS;
-	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+	for (;;) {
+		if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && drain(w, now_ms()))
+			break;
 		/* Left-over work on the ready list: poll without sleeping. */
 		int busy = __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL;
-		int n = epoll_wait(w->epfd, evs, 256, busy ? 0 : WHEEL_TICK_MS);
+		int n = epoll_wait(w->epfd, evs, 256, busy ? 0 : w->drain_until ? 10 : WHEEL_TICK_MS);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &tag_listen) {
@@ -249,7 +283,8 @@ static void *worker_main(void *arg)
 		int64_t now = now_ms();
 		if (now - w->wheel_ms >= WHEEL_TICK_MS) {
 			wheel_run(w, now);
-			listen_pause(w, 0);
+			if (!w->drain_until)
+				listen_pause(w, 0);
 		}
 		ready_drain(w);
 		while (w->grave) {
