@@ -129,5 +129,9 @@ install: derpd
 	@for p in man/*.1; do [ -f "$$p" ] || continue; install -d $(DESTDIR)$(PREFIX)/share/man/man1; \
 	  install -m 0644 $$p $(DESTDIR)$(PREFIX)/share/man/man1/; done
 
+# The standard benchmark matrix on loopback, nginx as the reference relay (BENCHMARKS.md).
+bench: all
+	@sh scripts/bench.sh $(BUILD)
+
 clean:
 	rm -rf build build-asan derpd

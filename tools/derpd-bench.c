@@ -73,7 +73,7 @@ static struct {
 	int pairs, ring, size, threads, login_threads, procs, src_addrs, quiet, progress, tls;
 	long idle;
 	int idle_max;
-	double rate, duration, warmup, settle, drain, pace_us;
+	double rate, duration, warmup, settle, drain, pace_us, wait_quiet;
 } o = {
 	.pairs = 10, .size = 1200, .duration = 3, .warmup = 1, .settle = 1, .drain = 3,
 	.pace_us = 100, .src_addrs = 8, .login_threads = 8, .progress = -1,
@@ -242,6 +242,97 @@ static int proc_tree(pid_t pid, pid_t *out, int max)
 	if (d)
 		closedir(d);
 	return n;
+}
+
+/* Machine-wide CPU from /proc/stat: busy and softirq jiffies, total jiffies. Softirq work
+ * (TCP on loopback) is not always charged to the process that caused it. */
+struct mcpu {
+	double busy, softirq, steal, total;
+};
+
+static struct mcpu machine_cpu(void)
+{
+	struct mcpu m = { 0, 0, 0, 0 };
+	unsigned long long v[8] = { 0 };
+	FILE *f = fopen("/proc/stat", "re");
+
+	if (f && fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+			&v[3], &v[4], &v[5], &v[6], &v[7]) == 8) {
+		for (int i = 0; i < 8; i++)
+			m.total += (double)v[i];
+		m.busy = m.total - (double)v[3] - (double)v[4];
+		m.softirq = (double)v[6];
+		m.steal = (double)v[7];
+	}
+	if (f)
+		fclose(f);
+	return m;
+}
+
+static double busy_sample(int ms)
+{
+	struct mcpu a = machine_cpu(), b;
+
+	usleep((useconds_t)ms * 1000);
+	b = machine_cpu();
+	return b.total > a.total ? 100 * (double)sysconf(_SC_NPROCESSORS_ONLN) *
+					   (b.busy - a.busy) / (b.total - a.total)
+				 : 0;
+}
+
+/* Before a run: how busy the machine is without us; with --wait-quiet, wait (up to that
+ * many seconds) until it is under 25 % of one CPU. */
+static double g_busy_before, g_waited;
+
+static void wait_quiet(double max_s)
+{
+	int64_t t0 = now_ns();
+
+	g_busy_before = busy_sample(300);
+	while (g_busy_before > 25 && (double)(now_ns() - t0) / 1e9 < max_s) {
+		progress("waiting for a quiet machine: %.0f %% busy", g_busy_before);
+		g_busy_before = busy_sample(500);
+	}
+	g_waited = (double)(now_ns() - t0) / 1e9;
+}
+
+/* CPU seconds (own plus reaped children's) of every user-space process but this one, its
+ * children and the server's: other people's work on a shared machine. */
+static double others_cpu(pid_t srv)
+{
+	pid_t tree[64], self = getpid();
+	int nt = proc_tree(srv, tree, 64);
+	double sum = 0, tick = (double)sysconf(_SC_CLK_TCK);
+	DIR *d = opendir("/proc");
+
+	for (struct dirent *e; d && (e = readdir(d));) {
+		pid_t p = (pid_t)atoi(e->d_name);
+		char path[64], buf[1024];
+		int in = p <= 2 || p == self;
+		for (int i = 0; i < nt && !in; i++)
+			in = tree[i] == p;
+		if (in)
+			continue;
+		snprintf(path, sizeof path, "/proc/%d/stat", (int)p);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t n = read(fd, buf, sizeof buf - 1);
+		close(fd);
+		if (n <= 0)
+			continue;
+		buf[n] = 0;
+		char *q = strrchr(buf, ')'), st;
+		int ppid;
+		unsigned long ut, stm;
+		long cut, cst;
+		if (q && sscanf(q + 2, "%c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld",
+				&st, &ppid, &ut, &stm, &cut, &cst) == 6 && ppid != 2 && ppid != self)
+			sum += (double)(ut + stm) + (double)(cut + cst);
+	}
+	if (d)
+		closedir(d);
+	return sum / tick;
 }
 
 static double tree_cpu(pid_t pid)
@@ -834,13 +925,38 @@ static void parse(struct thr *t, struct conn *c, const uint8_t *b, size_t n, int
 	}
 }
 
+/* Receive time of a read: the kernel's software timestamp of the last segment in it
+ * (SO_TIMESTAMPNS, realtime clock, converted), so time this thread spent busy elsewhere
+ * before reading is not charged to the server; the read time if there is none. */
+static int64_t g_rt_off; /* CLOCK_REALTIME - CLOCK_MONOTONIC */
+
+static int64_t rx_time(struct msghdr *mh, int64_t now)
+{
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+			struct timespec ts;
+			memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+			int64_t k = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - g_rt_off;
+			if (k <= now && now - k < 1000000000)
+				return k;
+		}
+	return now;
+}
+
 /* 1 = more may be waiting. */
 static int conn_read(struct thr *t, struct conn *c)
 {
-	ssize_t r = recv(c->fd, t->rbuf, RBUF_LEN, MSG_DONTWAIT);
+	union {
+		char buf[CMSG_SPACE(sizeof(struct timespec)) * 2];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { t->rbuf, RBUF_LEN };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+			     .msg_controllen = sizeof ctl.buf };
+	ssize_t r = recvmsg(c->fd, &mh, MSG_DONTWAIT);
 
 	if (r > 0) {
-		parse(t, c, t->rbuf, (size_t)r, now_ns());
+		parse(t, c, t->rbuf, (size_t)r, rx_time(&mh, now_ns()));
 		return r == RBUF_LEN; /* a short read emptied the socket; epoll tells us again */
 	}
 	if (r < 0 && errno == EINTR)
@@ -994,7 +1110,7 @@ struct result {
 	double login_s, measured_s, drain_s;
 	uint64_t sent, delivered, delivered_win, bytes_win, other, wrong, closed;
 	double pps, gbps, loss_pct, p50, p99, p999, max;
-	double srv_cpu, bench_cpu;
+	double srv_cpu, bench_cpu, mach_pct, softirq_pct, steal_pct, others_pct;
 	long srv_hwm, srv_rss;
 	char capped[160];
 };
@@ -1074,6 +1190,10 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 		       r->srv_rss / 1024.0);
 		printf("  %-12s CPU %.2f s (%.0f %%)\n", "bench", r->bench_cpu,
 		       100 * r->bench_cpu / r->measured_s);
+		printf("  %-12s %.0f %% busy of %ld00 %%, softirq %.0f %%, steal %.0f %%, other "
+		       "processes %.0f %% (%.0f %% busy before the run)\n", "machine", r->mach_pct,
+		       sysconf(_SC_NPROCESSORS_ONLN), r->softirq_pct, r->steal_pct, r->others_pct,
+		       g_busy_before);
 		if (r->other || r->wrong || r->closed)
 			printf("  %-12s %llu other frames, %llu misdelivered, %llu connections "
 			       "closed\n", "anomalies", (unsigned long long)r->other,
@@ -1088,7 +1208,8 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 	       "\"delivered\":%llu,\"delivered_pps\":%.1f,\"payload_gbps\":%.4f,"
 	       "\"loss_pct\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
 	       "\"max_us\":%.1f,\"server_cpu_s\":%.2f,\"server_cpu_pct\":%.1f,"
-	       "\"server_peak_rss_kib\":%ld,\"server_rss_kib\":%ld,\"bench_cpu_s\":%.2f,"
+	       "\"server_peak_rss_kib\":%ld,\"server_rss_kib\":%ld,\"bench_cpu_s\":%.2f,\"machine_cpu_pct\":%.1f,\"softirq_pct\":%.1f,\"steal_pct\":%.1f,"
+	       "\"others_cpu_pct\":%.1f,\"busy_before_pct\":%.1f,\"waited_s\":%.1f,"
 	       "\"other_frames\":%llu,\"misdelivered\":%llu,\"closed\":%llu,\"fd_limit\":%ld,"
 	       "\"capped\":",
 	       shape_name(), o.ring ? 0 : o.pairs, r->clients, o.size, o.rate,
@@ -1096,7 +1217,9 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 	       r->login_s, r->drain_s, (unsigned long long)r->sent, (double)r->sent / r->measured_s,
 	       (unsigned long long)r->delivered, r->pps, r->gbps, r->loss_pct, r->p50, r->p99,
 	       r->p999, r->max, r->srv_cpu, 100 * r->srv_cpu / r->measured_s, r->srv_hwm,
-	       r->srv_rss, r->bench_cpu, (unsigned long long)r->other,
+	       r->srv_rss, r->bench_cpu, r->mach_pct, r->softirq_pct, r->steal_pct, r->others_pct,
+	       g_busy_before, g_waited,
+	       (unsigned long long)r->other,
 	       (unsigned long long)r->wrong, (unsigned long long)r->closed, fdlim);
 	json_str(r->capped);
 	printf("}\n");
@@ -1241,6 +1364,9 @@ static void run_relay(struct target *tg, long fdlim)
 				memcpy(f + FRAME_HEADER_LEN, dst, DERP_KEY_LEN);
 			}
 		}
+		int one = 1;
+		if (c->role & R_RECV)
+			setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
 		if (epoll_ctl(t->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
 			die("epoll_ctl: %s", strerror(errno));
 	}
@@ -1248,6 +1374,9 @@ static void run_relay(struct target *tg, long fdlim)
 	/* Go. The window is [t0, t1): sends stamped in it are "sent", receives in it count
 	 * toward throughput and latency, and sends stamped in it that arrive (even during the
 	 * drain) count as delivered for the loss figure. */
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	g_rt_off = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec - now_ns();
 	g_tgo = now_ns() + 2000000;
 	g_t0 = g_tgo + (int64_t)(o.warmup * 1e9);
 	g_t1 = g_t0 + (int64_t)(o.duration * 1e9);
@@ -1258,6 +1387,8 @@ static void run_relay(struct target *tg, long fdlim)
 
 	struct stats s;
 	double cpu0 = -1, bcpu0 = 0;
+	struct mcpu m0 = { 0, 0, 0, 0 };
+	double oth0 = 0;
 	uint64_t last_rx = 0;
 	int64_t last_t = now_ns();
 	for (int64_t t = now_ns(); t < g_t1; t = now_ns()) {
@@ -1271,6 +1402,8 @@ static void run_relay(struct target *tg, long fdlim)
 		if (cpu0 < 0 && t >= g_t0) {
 			cpu0 = tree_cpu(tg->pid);
 			bcpu0 = self_cpu();
+			m0 = machine_cpu();
+			oth0 = others_cpu(tg->pid);
 		}
 		stats_sum(th, nt, &s);
 		double el = (double)(t - last_t) / 1e9;
@@ -1284,6 +1417,14 @@ static void run_relay(struct target *tg, long fdlim)
 		last_t = t;
 	}
 	double cpu1 = tree_cpu(tg->pid), bcpu1 = self_cpu();
+	struct mcpu m1 = machine_cpu();
+	r.others_pct = 100 * (others_cpu(tg->pid) - oth0) / o.duration;
+	double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN), mt = m1.total - m0.total;
+	if (mt > 0) {
+		r.mach_pct = 100 * ncpu * (m1.busy - m0.busy) / mt;
+		r.softirq_pct = 100 * ncpu * (m1.softirq - m0.softirq) / mt;
+		r.steal_pct = 100 * ncpu * (m1.steal - m0.steal) / mt;
+	}
 	r.measured_s = (double)(now_ns() - g_t0) / 1e9;
 
 	/* Drain: until every packet sent in the window has arrived, nothing arrives for
@@ -1497,10 +1638,10 @@ static void run_idle(struct target *tg, long fdlim)
 	       "\"login_threads\":%d,\"src_addrs\":%d,\"connect_s\":%.3f,\"logins_per_s\":%.0f,"
 	       "\"server_rss_before_kib\":%ld,\"server_rss_kib\":%ld,\"server_peak_rss_kib\":%ld,"
 	       "\"rss_per_conn_bytes\":%.0f,\"server_fds\":%ld,\"server_fd_limit\":%ld,"
-	       "\"fd_limit\":%ld,\"error\":",
+	       "\"fd_limit\":%ld,\"busy_before_pct\":%.1f,\"waited_s\":%.1f,\"error\":",
 	       o.idle_max ? n : o.idle, ok, fail, procs, threads, o.src_addrs, connect_s,
 	       connect_s > 0 ? ok / connect_s : 0, rss0, rss1, hwm, per_conn, srv_fds, srv_lim,
-	       fdlim);
+	       fdlim, g_busy_before, g_waited);
 	json_str(err);
 	printf(",\"capped\":");
 	json_str(capped);
@@ -1544,6 +1685,7 @@ static void usage(FILE *f, int status)
 		"  --login-threads N   concurrent logins (default 8)\n"
 		"  --src-addrs N       loopback source addresses 127.0.0.2.. (default 8, 0 = kernel)\n"
 		"  --tls               DERP over TLS (not supported yet)\n"
+		"  --wait-quiet S      first wait up to S s for the machine to be under 25 %% busy\n"
 		"  --label TEXT        copied into the JSON line\n"
 		"  -q, --quiet         only the JSON line\n"
 		"  --progress, --no-progress   progress line on stderr (default: if a terminal)\n");
@@ -1555,15 +1697,18 @@ static double num(const char *s, const char *what, double lo, double hi)
 	char *end;
 	double v = strtod(s, &end);
 
-	if (end == s || *end || !(v >= lo && v <= hi))
-		die("%s: \"%s\" is not a number in %g..%g", what, s, lo, hi);
+	if (end == s || *end || !(v >= lo && v <= hi)) {
+		fprintf(stderr, "derpd-bench: %s: \"%s\" is not a number in %g..%g\n", what, s,
+			lo, hi);
+		exit(2);
+	}
 	return v;
 }
 
 int main(int argc, char **argv)
 {
 	enum { O_PID = 256, O_DERPD, O_DERPD_ARG, O_NGINX, O_RAW, O_UP, O_RW, O_RING, O_DRAIN,
-	       O_PACE, O_IDLE, O_PROCS, O_SETTLE, O_LT, O_SRC, O_TLS, O_LABEL, O_PROG, O_NOPROG };
+	       O_PACE, O_IDLE, O_PROCS, O_SETTLE, O_LT, O_SRC, O_TLS, O_LABEL, O_PROG, O_NOPROG, O_QUIET };
 	static const struct option lo[] = {
 		{ "server", 1, 0, 's' }, { "pid", 1, 0, O_PID }, { "derpd", 1, 0, O_DERPD },
 		{ "derpd-arg", 1, 0, O_DERPD_ARG }, { "nginx", 2, 0, O_NGINX },
@@ -1575,7 +1720,7 @@ int main(int argc, char **argv)
 		{ "settle", 1, 0, O_SETTLE }, { "login-threads", 1, 0, O_LT },
 		{ "src-addrs", 1, 0, O_SRC }, { "tls", 0, 0, O_TLS }, { "label", 1, 0, O_LABEL },
 		{ "quiet", 0, 0, 'q' }, { "progress", 0, 0, O_PROG },
-		{ "no-progress", 0, 0, O_NOPROG }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
+		{ "no-progress", 0, 0, O_NOPROG }, { "wait-quiet", 1, 0, O_QUIET }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
 	};
 	int opt;
 
@@ -1618,14 +1763,17 @@ int main(int argc, char **argv)
 		case 'q': o.quiet = 1; break;
 		case O_PROG: o.progress = 1; break;
 		case O_NOPROG: o.progress = 0; break;
+		case O_QUIET: o.wait_quiet = num(optarg, "--wait-quiet", 0, 3600); break;
 		case 'h': usage(stdout, 0); break;
 		default: usage(stderr, 2);
 		}
 	}
 	if (optind != argc)
 		usage(stderr, 2);
-	if (!!o.server + !!o.derpd + !!o.nginx + !!o.raw != 1)
-		die("give exactly one of --derpd, -s, --nginx, --raw (see -h)");
+	if (!!o.server + !!o.derpd + !!o.nginx + !!o.raw != 1) {
+		fprintf(stderr, "derpd-bench: give exactly one of --derpd, -s, --nginx, --raw\n");
+		usage(stderr, 2);
+	}
 	if (o.tls)
 		die("--tls: not supported yet: derpd has no TLS listener and the client library "
 		    "no TLS yet; runs are DERP over plain HTTP");
@@ -1673,6 +1821,7 @@ int main(int argc, char **argv)
 		if (bind(tg.upfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(tg.upfd, 4096) < 0)
 			die("listen on 127.0.0.1:%d: %s", o.upstream_port, strerror(errno));
 	}
+	wait_quiet(o.wait_quiet);
 	if (o.idle)
 		run_idle(&tg, fdlim);
 	else

@@ -1,0 +1,216 @@
+#!/bin/sh
+# `make bench`: derpd's standard benchmark on loopback, with nginx's stream proxy measured
+# on the same traffic in the same run as the reference relay. The table goes to stdout,
+# progress to stderr, and every run's JSON line to BUILD/bench.jsonl.
+#
+#   sh scripts/bench.sh [BUILD]        BUILD: the build directory (default: build)
+#
+# Environment: BENCH_DURATION seconds measured per run (default 2), BENCH_WARMUP (0.5),
+# BENCH_WAIT_QUIET: before each run, wait up to this many seconds for the machine to be
+# under 25 % busy (default 30; other people's builds and tests skew a shared machine),
+# BENCH_QUICK=1 for a smoke test (pairs 1 and 100, payload 1200, 1 s runs).
+# Runs: pairs 1, 10, 100, 1000 x payload 64, 1200, 16384 B at unlimited offered load,
+# derpd then nginx; one ring; a paced ramp (100 pairs x 1200 B) to find saturation S,
+# then an idle-latency run and runs at 50, 70 and 90 % of S; idle logged-in clients at
+# 10,000 and at the most derpd's fd limit allows. See BENCHMARKS.md, derpd-bench(1).
+set -eu
+BUILD=${1:-build}
+BENCH=$BUILD/tools/derpd-bench
+DERPD=$BUILD/derpd
+DUR=${BENCH_DURATION:-2}
+WARM=${BENCH_WARMUP:-0.5}
+QUIET=${BENCH_WAIT_QUIET:-30}
+OUT=$BUILD/bench.jsonl
+PAIRS="1 10 100 1000"
+SIZES="64 1200 16384"
+IDLE="10000 max"
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+	PAIRS="1 100"
+	SIZES="1200"
+	DUR=1
+	IDLE="10000"
+fi
+
+if [ ! -x "$BENCH" ] || [ ! -x "$DERPD" ]; then
+	echo "bench: $BENCH or $DERPD missing: run make first" >&2
+	exit 1
+fi
+nginx_ok=1
+sh scripts/bench-deps.sh || nginx_ok=0
+if ! command -v nginx >/dev/null 2>&1; then
+	nginx_ok=0
+	echo "bench: nginx not found: no reference relay, no ratios" >&2
+fi
+: >"$OUT"
+start=$(date +%s)
+
+# run LABEL ARGS...: one derpd-bench run; its JSON line is kept in $J and appended to $OUT.
+run() {
+	label=$1
+	shift
+	printf 'bench: %3ss  %-8s %s\n' "$(($(date +%s) - start))" "$label" "$*" >&2
+	if ! J=$("$BENCH" -q --no-progress --wait-quiet "$QUIET" --label "$label" "$@"); then
+		echo "bench: derpd-bench $* failed" >&2
+		exit 1
+	fi
+	printf '%s\n' "$J" >>"$OUT"
+}
+# jv KEY: the value of KEY in $J
+jv() { printf '%s\n' "$J" | sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+calc() { awk "BEGIN { $1 }"; }
+
+T="-d $DUR -W $WARM"
+for p in $PAIRS; do
+	for l in $SIZES; do
+		run matrix --derpd "$DERPD" -p "$p" -l "$l" $T
+		[ "$nginx_ok" = 1 ] && run matrix --nginx -p "$p" -l "$l" $T
+	done
+done
+run ring --derpd "$DERPD" --ring 100 -l 1200 $T
+
+# Saturation: paced offered load rising x1.25 from 500 packets/s per pair until derpd
+# delivers less than 99 % of it or loses more than 0.1 %; S = the highest offered rate it
+# sustained (or, if none, the most it delivered).
+rate=500
+S=0
+for step in 1 2 3 4 5 6 7 8 9 10 11 12 13 14; do
+	run ramp --derpd "$DERPD" -p 100 -l 1200 -r "$rate" $T
+	if calc "exit !($(jv delivered_pps) < 0.99 * $(jv offered_pps) || $(jv loss_pct) > 0.1)"; then
+		[ "$S" = 0 ] && S=$(jv delivered_pps)
+		break
+	fi
+	S=$(jv offered_pps)
+	rate=$(calc "printf \"%.0f\", $rate * 1.25")
+done
+S=$(calc "printf \"%.0f\", $S")
+run idle-lat --derpd "$DERPD" -p 100 -l 1200 -r 10 $T
+for f in 50 70 90; do
+	run "load$f" --derpd "$DERPD" -p 100 -l 1200 -r "$(calc "printf \"%.1f\", $S * $f / 100 / 100")" $T
+done
+for n in $IDLE; do
+	run idle --derpd "$DERPD" --idle "$n"
+done
+elapsed=$(($(date +%s) - start))
+
+# ---- the table ---------------------------------------------------------------------------
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+ngv=$( [ "$nginx_ok" = 1 ] && nginx -v 2>&1 | sed 's/.*nginx\///' || echo "not available")
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+echo "derpd benchmark: DERP over plain HTTP on loopback (make bench, derpd $rev)"
+echo "machine: $(nproc) cores ($model), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "runs: ${DUR} s measured after ${WARM} s warm-up, each against a fresh server; $elapsed s in all"
+echo "reference: nginx $ngv stream proxy, $(nproc) workers, forwarding each sender's byte stream"
+echo "           (the same frames) to a receiver socket of the bench"
+awk -v S="$S" '
+function jv(k,   m) {
+	if (!match($0, "\"" k "\":(\"[^\"]*\"|[^,}]*)")) return ""
+	m = substr($0, RSTART + length(k) + 3, RLENGTH - length(k) - 3)
+	gsub(/"/, "", m)
+	return m
+}
+function num(k) { return jv(k) + 0 }
+function mib(k) { return jv(k) / 1024 }
+# a run other processes disturbed: marked with a "*"
+function noisy() {
+	if (num("others_cpu_pct") > 10 || num("busy_before_pct") > 25) { nnoisy++; return "*" }
+	return " "
+}
+{
+	lab = jv("label"); srv = jv("server")
+	if (lab == "matrix") {
+		key = jv("pairs") " " jv("payload")
+		if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+		row[key, srv] = $0
+	} else if (lab == "ramp" || lab == "idle-lat" || lab ~ /^load/) {
+		paced[++np] = $0
+	} else if (lab == "ring") {
+		ring = $0
+	} else if (lab == "idle") {
+		idle[++ni] = $0
+	}
+}
+END {
+	print ""
+	print "unlimited offered load: delivered packets/s and payload Gbit/s (derpd drops by design"
+	print "when a receiver queue is full: loss = packets sent in the window never delivered)"
+	printf "%5s %7s | %10s %7s %6s %8s %5s %6s | %10s %7s %5s | %6s\n", "pairs", "payload",
+	    "derpd pps", "Gbit/s", "loss%", "p99 ms", "CPU%", "RSSMiB", "nginx pps", "Gbit/s",
+	    "CPU%", "ratio"
+	print "              (CPU%: the server process, % of one core; RSSMiB: its peak RSS)"
+	for (i = 1; i <= n; i++) {
+		k = order[i]; split(k, a, " ")
+		$0 = row[k, "derpd"]
+		dg = num("payload_gbps")
+		mark = noisy()
+		printf "%5d %7d |%s%10.0f %7.3f %6.2f %8.2f %5.0f %6.1f |", a[1], a[2], mark,
+		    jv("delivered_pps"), dg, jv("loss_pct"), jv("p99_us") / 1000,
+		    jv("server_cpu_pct"), mib("server_peak_rss_kib")
+		thr[k] = dg
+		if ((k, "nginx") in row) {
+			$0 = row[k, "nginx"]
+			ng = num("payload_gbps")
+			ratio[k] = ng > 0 ? dg / ng : 0
+			printf " %10.0f %7.3f %5.0f | %6.3f%s\n", jv("delivered_pps"), ng,
+			    jv("server_cpu_pct"), ratio[k], noisy()
+		} else {
+			printf " %10s %7s %5s | %6s\n", "-", "-", "-", "-"
+		}
+	}
+	if (ring != "") {
+		$0 = ring
+		printf "ring of %d clients x %d B: %.0f packets/s, %.3f Gbit/s, loss %.2f %%, p99 %.2f ms, CPU %.0f %%\n",
+		    jv("clients"), jv("payload"), jv("delivered_pps"), jv("payload_gbps"),
+		    jv("loss_pct"), jv("p99_us") / 1000, jv("server_cpu_pct")
+	}
+	print ""
+	printf "paced load, 100 pairs x 1200 B, derpd; saturation S = %d packets/s: the highest offered\n", S
+	print "rate of a x1.25 ramp that was delivered (>= 99 %, loss <= 0.1 %). CPU: derpd, bench and"
+	print "the whole machine (% of one core; softirq work is not always charged to a process)"
+	printf "%-9s %9s %6s %9s %7s %8s %8s %8s %5s %5s %5s\n", "run", "offered", "% of S",
+	    "delivered", "loss%", "p50 us", "p99 us", "p999 us", "derpd", "bench", "all"
+	for (i = 1; i <= np; i++) {
+		$0 = paced[i]; lab = jv("label")
+		printf "%-9s %9.0f %6.1f %9.0f %7.3f %8.1f %8.1f %8.1f %5.0f %5.0f %5.0f%s\n", lab,
+		    jv("offered_pps"), 100 * jv("offered_pps") / S, jv("delivered_pps"),
+		    jv("loss_pct"), jv("p50_us"), jv("p99_us"), jv("p999_us"),
+		    jv("server_cpu_pct"), 100 * jv("bench_cpu_s") / jv("duration_s"),
+		    jv("machine_cpu_pct"), noisy()
+		if (lab == "idle-lat") idle_p99 = num("p99_us")
+		if (lab ~ /^load/) { loss[lab] = num("loss_pct"); p99[lab] = num("p99_us") }
+	}
+	print ""
+	print "idle logged-in clients, derpd (RSS per connection = RSS delta / connections)"
+	printf "%8s %9s %9s %9s %9s %10s  %s\n", "clients", "connect s", "logins/s", "RSS0 MiB",
+	    "RSS MiB", "B/conn", "note"
+	for (i = 1; i <= ni; i++) {
+		$0 = idle[i]
+		printf "%8d %9.2f %9.0f %9.1f %9.1f %10.0f%s %s\n", jv("clients"), jv("connect_s"),
+		    jv("logins_per_s"), mib("server_rss_before_kib"), mib("server_rss_kib"),
+		    jv("rss_per_conn_bytes"), noisy(), jv("capped") (num("failed") > 0 ? " " jv("failed") " failed: " jv("error") : "")
+		if (num("requested") == 10000) per10k = num("rss_per_conn_bytes")
+	}
+	if (nnoisy)
+		printf "* %d run(s) shared the machine with other processes (> 10 %% of a CPU, or busy before)\n", nnoisy
+	print ""
+	print "targets (issue 3)"
+	k = "100 1200"
+	if (k in ratio)
+		printf "  %-7s 100 pairs x 1200 B unlimited: derpd/nginx throughput %.3f (>= 0.8)\n",
+		    (ratio[k] >= 0.8) ? "met" : "NOT met", ratio[k]
+	else
+		print "  n/a     100 pairs x 1200 B unlimited: no reference measured"
+	ok = ("load50" in loss) && loss["load50"] == 0 && loss["load70"] == 0 && loss["load90"] == 0
+	printf "  %-7s no loss below 90 %% of S: loss %.3f / %.3f / %.3f %% at 50 / 70 / 90 %%\n",
+	    ok ? "met" : "NOT met", loss["load50"], loss["load70"], loss["load90"]
+	printf "  %-7s p99 at 50 %% of S <= 2 x idle p99: %.1f us vs 2 x %.1f us\n",
+	    (p99["load50"] <= 2 * idle_p99) ? "met" : "NOT met", p99["load50"], idle_p99
+	if (per10k != "")
+		printf "  %-7s <= 2 KiB RSS per idle connection at 10,000: %d bytes\n",
+		    (per10k <= 2048) ? "met" : "NOT met", per10k
+	if (("1000 1200" in thr) && thr["100 1200"] > 0) {
+		r = thr["1000 1200"] / thr["100 1200"]
+		printf "  %-7s 1000 pairs >= 0.7 x 100 pairs (1200 B): %.3f\n", (r >= 0.7) ? "met" : "NOT met", r
+	}
+}' "$OUT"
+echo ""
+echo "every run as one JSON line: $OUT"
