@@ -123,6 +123,11 @@ static const struct flag_def flags[] = {
 	     "log per-connection detail"),
 	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
 	     "DERP keepalive frame period before per-connection jitter; must be > 0"),
+	FLAG("acme-directory", FT_STRING, acme_directory, 1, 0,
+	     "ACME directory URL; empty: Let's Encrypt production (-certmode gcp: Google's)"),
+	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 0,
+	     "PEM file of CA certificates trusted for the ACME server's HTTPS; empty: the\n"
+	     "system's"),
 	FLAG("metrics-addr", FT_STRING, metrics_addr, 1, 1,
 	     "host:port of a listener serving only /metrics and /debug/varz, with no\n"
 	     "debug access check (the bind address is the access control); empty: none"),
@@ -414,6 +419,7 @@ static void config_defaults(struct config *cfg)
 	cfg->secrets_cache_dir = secrets_cache_buf;
 	cfg->bootstrap_dns_names = cfg->unpublished_bootstrap_dns_names = "";
 	cfg->metrics_addr = "";
+	cfg->acme_directory = cfg->acme_ca_file = "";
 	cfg->verify_client_url = "";
 	cfg->verify_client_url_fail_open = 1;
 	cfg->socket_path = "";

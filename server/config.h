@@ -45,6 +45,8 @@ struct config {
 	int verbose;                  /* --verbose */
 	const char *metrics_addr;     /* --metrics-addr host:port, "" = none (issue 4) */
 	int64_t keepalive_ms;         /* --keepalive-interval, 60s (plus per-connection jitter) */
+	const char *acme_directory;   /* --acme-directory URL, "" = Let's Encrypt (gcp: Google) */
+	const char *acme_ca_file;     /* --acme-ca-file PEM roots for the ACME server, "" = system */
 
 	/* derived by config_parse */
 	int tls;                      /* derper's rule: -a port 443/https or certmode manual */
