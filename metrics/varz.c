@@ -64,8 +64,6 @@ static void dropped(struct mbuf *b, const char *name, const char *help,
 		mbuf_printf(b, "%s%s\n", name, sorted[i]);
 }
 
-static const int mesh_batch_le[] = { 0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000 };
-static const int mesh_loop_le[] = { 0, 1, 2, 5, 10, 20, 50, 100 };
 static const char *const tls_label[HTTPD_TLS_NVERSIONS] = { "1.0", "1.1", "1.2", "1.3",
 							     "unknown" };
 
@@ -82,9 +80,10 @@ static void derp_group(struct mbuf *b, const struct metrics_snapshot *s)
 	histogram(b, "derp_buffered_write_frames", stats_write_frames_le,
 		  STATS_WRITE_FRAMES_BUCKETS, d->write_frames_bucket, d->write_frames_count,
 		  (double)d->write_frames_sum);
-	/* mesh watcher batching is not measured yet: the histograms exist, empty */
-	histogram(b, "derp_mesh_update_batch_size", mesh_batch_le, 11, NULL, 0, 0);
-	histogram(b, "derp_mesh_update_loop_count", mesh_loop_le, 8, NULL, 0, 0);
+	histogram(b, "derp_mesh_update_batch_size", stats_mesh_batch_le, STATS_MESH_BATCH_BUCKETS,
+		  d->mesh_batch_bucket, d->mesh_batch_count, (double)d->mesh_batch_sum);
+	histogram(b, "derp_mesh_update_loop_count", stats_mesh_loop_le, STATS_MESH_LOOP_BUCKETS,
+		  d->mesh_loop_bucket, d->mesh_loop_count, (double)d->mesh_loop_sum);
 	mbuf_puts(b, "# TYPE derp_packets_received_kind counter\n");
 	for (int k = 0; k < KIND_N; k++) /* "disco" < "other" */
 		mbuf_printf(b, "derp_packets_received_kind{kind=\"%s\"} %llu\n", stats_kind_name[k],

@@ -307,6 +307,7 @@ int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerle
 void conn_free(struct conn *c)
 {
 	sentto_free(c->sent);
+	free(c->hll);
 	free(c->lbuf);
 	free(c);
 }

@@ -7,6 +7,7 @@
 #include <sys/uio.h>
 
 #include "server/frame.h"
+#include "server/hll.h"
 #include "server/relay.h"
 
 #define FLUSH_ROUNDS 8 /* batches per turn before letting other connections write */
@@ -14,8 +15,12 @@
 const int stats_write_frames_le[STATS_WRITE_FRAMES_BUCKETS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 50, 100,
 };
+const int stats_mesh_batch_le[STATS_MESH_BATCH_BUCKETS] = {
+	0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000,
+};
+const int stats_mesh_loop_le[STATS_MESH_LOOP_BUCKETS] = { 0, 1, 2, 5, 10, 20, 50, 100 };
 
-static struct outbatch *build_batch(struct conn *c)
+static struct outbatch *build_batch(struct conn *c, int *mesh_batches)
 {
 	struct outbatch *b = worker_batch_get(c->w);
 	int more = 0;
@@ -45,12 +50,16 @@ static struct outbatch *build_batch(struct conn *c)
 			b->nframes++;
 			STAT_ADD(&c->w->stats, sent_pong, 1);
 		}
-		int qmore = 0;
-		uint32_t before = b->ctrl_len;
+		int qmore = 0, nctrl = 0;
 		b->npkt = sendq_take(&c->q, b->pkt, BATCH_PKTS, b->ctrl, &b->ctrl_len, BATCH_CTRL,
-				     &qmore);
-		if (b->ctrl_len > before)
-			b->nframes++;
+				     &nctrl, &qmore);
+		b->nframes += nctrl;
+		/* A watcher's control frames are its mesh updates (PeerPresent/PeerGone). */
+		if (c->is_watcher && nctrl) {
+			STAT_OBSERVE(&c->w->stats, mesh_batch, stats_mesh_batch_le,
+				     STATS_MESH_BATCH_BUCKETS, nctrl);
+			(*mesh_batches)++;
+		}
 		more |= qmore | c->pong_pending;
 	}
 	if (b->ctrl_len)
@@ -58,6 +67,12 @@ static struct outbatch *build_batch(struct conn *c)
 	for (int i = 0; i < b->npkt; i++)
 		b->iov[b->niov++] = (struct iovec){ b->pkt[i].frame, b->pkt[i].len };
 	b->nframes += b->npkt;
+	/* Packets feed the distinct-sender estimate (/debug/traffic UniqueSenders). */
+	if (b->npkt && !c->hll)
+		__atomic_store_n(&c->hll, calloc(1, HLL_REGS), __ATOMIC_RELEASE);
+	for (int i = 0; c->hll && i < b->npkt; i++)
+		if (b->pkt[i].len >= FRAME_HEADER_LEN + 32)
+			hll_add(c->hll, b->pkt[i].frame + FRAME_HEADER_LEN);
 	if (more)
 		worker_mark_ready(c); /* our own list: no wake-up needed */
 	if (!b->niov) {
@@ -70,21 +85,13 @@ static struct outbatch *build_batch(struct conn *c)
 static void batch_done(struct conn *c, struct outbatch *b)
 {
 	struct derp_stats *st = &c->w->stats;
-	int bucket = STATS_WRITE_FRAMES_BUCKETS;
-
 	for (int i = 0; i < b->npkt; i++) {
 		STAT_ADD(st, packets_sent, 1);
 		STAT_ADD(st, bytes_sent, b->pkt[i].len - FRAME_HEADER_LEN - DERP_KEY_LEN);
 		chunk_put(b->pkt[i].c);
 	}
-	for (int i = 0; i < STATS_WRITE_FRAMES_BUCKETS; i++)
-		if (b->nframes <= stats_write_frames_le[i]) {
-			bucket = i;
-			break;
-		}
-	STAT_ADD(st, write_frames_bucket[bucket], 1);
-	STAT_ADD(st, write_frames_sum, (uint64_t)b->nframes);
-	STAT_ADD(st, write_frames_count, 1);
+	STAT_OBSERVE(st, write_frames, stats_write_frames_le, STATS_WRITE_FRAMES_BUCKETS,
+		     b->nframes);
 	worker_batch_put(c->w, b);
 }
 
@@ -114,12 +121,21 @@ static void write_failed(struct conn *c, int err)
 	conn_close(c, strerror(err));
 }
 
+static void note_mesh_loops(struct conn *c, int n)
+{
+	if (n)
+		STAT_OBSERVE(&c->w->stats, mesh_loop, stats_mesh_loop_le, STATS_MESH_LOOP_BUCKETS, n);
+}
+
 int conn_flush(struct conn *c)
 {
+	int mesh_batches = 0;
+
 	for (int round = 0; round < FLUSH_ROUNDS; round++) {
 		if (c->state == CS_CLOSED)
 			return -1;
-		if (!c->out && !(c->out = build_batch(c))) {
+		if (!c->out && !(c->out = build_batch(c, &mesh_batches))) {
+			note_mesh_loops(c, mesh_batches);
 			conn_set_stalled(c, 0);
 			return 0;
 		}
@@ -129,6 +145,7 @@ int conn_flush(struct conn *c)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN) {
+				note_mesh_loops(c, mesh_batches);
 				conn_set_stalled(c, 1);
 				return 0;
 			}
@@ -138,12 +155,14 @@ int conn_flush(struct conn *c)
 		conn_set_stalled(c, 0);
 		batch_advance(b, (size_t)n);
 		if (b->iov_idx < b->niov) {
+			note_mesh_loops(c, mesh_batches);
 			conn_set_stalled(c, 1); /* the socket buffer is full; EPOLLOUT resumes us */
 			return 0;
 		}
 		c->out = NULL;
 		batch_done(c, b);
 	}
+	note_mesh_loops(c, mesh_batches);
 	worker_mark_ready(c); /* more than one turn's worth: continue next turn */
 	return 0;
 }

@@ -50,9 +50,9 @@ void sendq_init(struct sendq *q);
 int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
 void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len);
 /* Owner: move up to max packets into out[] (alternating queues) and append whole control
- * frames into ctrl (up to ctrl_cap). Returns the number of packets. */
+ * frames into ctrl (up to ctrl_cap), counting them in *nctrl. Returns the packet count. */
 int sendq_take(struct sendq *q, struct pkt *out, int max, uint8_t *ctrl, uint32_t *ctrl_len,
-	       uint32_t ctrl_cap, int *more);
+	       uint32_t ctrl_cap, int *nctrl, int *more);
 /* Owner: free the rings if they are empty (an idle connection holds no queue memory). */
 void sendq_trim(struct sendq *q);
 /* Owner, on close: drop everything (gone_disconnected) and free the queue memory. */
@@ -120,6 +120,7 @@ struct conn {
 	int64_t nothere_ms;
 	struct sentto *sent;    /* destinations this conn delivered to (PeerGone on leave) */
 	struct mesh_out *mesh;  /* outbound mesh connections only */
+	uint8_t *hll;           /* distinct senders (hll.h), once anything was delivered */
 
 	struct conn *ready_next;
 	struct conn *next, *prev; /* worker's list of all its conns */

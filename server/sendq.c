@@ -103,7 +103,7 @@ void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len)
 }
 
 int sendq_take(struct sendq *q, struct pkt *out, int max, uint8_t *ctrl, uint32_t *ctrl_len,
-	       uint32_t ctrl_cap, int *more)
+	       uint32_t ctrl_cap, int *nctrl, int *more)
 {
 	int depth = relay.queue_depth, n = 0;
 	struct ctrl_frame *done = NULL;
@@ -113,6 +113,7 @@ int sendq_take(struct sendq *q, struct pkt *out, int max, uint8_t *ctrl, uint32_
 		struct ctrl_frame *f = q->ctrl_head;
 		memcpy(ctrl + *ctrl_len, f->bytes, f->len);
 		*ctrl_len += f->len;
+		(*nctrl)++;
 		q->ctrl_head = f->next;
 		f->next = done;
 		done = f;

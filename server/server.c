@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "server/frame.h"
+#include "server/hll.h"
 #include "server/key.h"
 #include "server/log.h"
 #include "server/relay.h"
@@ -425,6 +426,8 @@ static void foreach_member(void *arg, struct cm_member *m)
 	ci.is_mesh_peer = c->is_mesh;
 	ci.is_prober = c->is_prober;
 	ci.preferred = __atomic_load_n(&c->preferred, __ATOMIC_RELAXED);
+	const uint8_t *hll = __atomic_load_n(&c->hll, __ATOMIC_ACQUIRE);
+	ci.unique_senders = hll ? hll_estimate(hll) : 0;
 	a->cb(a->arg, &ci);
 }
 

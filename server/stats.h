@@ -25,6 +25,12 @@ extern const char *const stats_kind_name[KIND_N];                /* "disco", "ot
 #define STATS_WRITE_FRAMES_BUCKETS 16
 extern const int stats_write_frames_le[STATS_WRITE_FRAMES_BUCKETS];
 
+/* derp_mesh_update_batch_size / derp_mesh_update_loop_count bounds (le), then +Inf. */
+#define STATS_MESH_BATCH_BUCKETS 11
+#define STATS_MESH_LOOP_BUCKETS 8
+extern const int stats_mesh_batch_le[STATS_MESH_BATCH_BUCKETS];
+extern const int stats_mesh_loop_le[STATS_MESH_LOOP_BUCKETS];
+
 /* derp_tcp_rtt labels, in order. */
 enum rtt_bucket { RTT_10MS, RTT_20MS, RTT_50MS, RTT_100MS, RTT_150MS, RTT_250MS, RTT_500MS,
 		  RTT_INF, RTT_NON_TCP, RTT_ERROR, RTT_N };
@@ -49,6 +55,8 @@ struct derp_stats {
 	uint64_t bytes_dropped[DROP_NREASONS][KIND_N];
 	uint64_t write_frames_bucket[STATS_WRITE_FRAMES_BUCKETS + 1]; /* non-cumulative; last = +Inf */
 	uint64_t write_frames_sum, write_frames_count;
+	uint64_t mesh_batch_bucket[STATS_MESH_BATCH_BUCKETS + 1], mesh_batch_sum, mesh_batch_count;
+	uint64_t mesh_loop_bucket[STATS_MESH_LOOP_BUCKETS + 1], mesh_loop_sum, mesh_loop_count;
 	uint64_t tcp_rtt[RTT_N];
 	uint64_t queue_ns_sum, queue_count; /* for derp_average_queue_duration_ms */
 	/* gauges (deltas; the sum over workers is the value) */
@@ -63,6 +71,20 @@ struct derp_stats {
 #define STAT_ADD(st, field, n) \
 	__atomic_store_n(&(st)->field, __atomic_load_n(&(st)->field, __ATOMIC_RELAXED) + (n), \
 			 __ATOMIC_RELAXED)
+
+/* Count v in a histogram kept as non-cumulative buckets (bounds le[0..n-1], then +Inf). */
+#define STAT_OBSERVE(st, name, le, n, v)                                         \
+	do {                                                                   \
+		int b_ = (n);                                                  \
+		for (int i_ = 0; i_ < (n); i_++)                               \
+			if ((int64_t)(v) <= (le)[i_]) {                        \
+				b_ = i_;                                       \
+				break;                                         \
+			}                                                      \
+		STAT_ADD(st, name##_bucket[b_], 1);                            \
+		STAT_ADD(st, name##_sum, (uint64_t)(v));                       \
+		STAT_ADD(st, name##_count, 1);                                 \
+	} while (0)
 
 /* Everything a scrape needs from the relay, summed over workers plus the map's gauges. */
 struct derp_stats_snapshot {
