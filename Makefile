@@ -53,13 +53,14 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-# Always asks the script (a no-op when the cached build is current); objects wait for it.
-.PHONY: $(BUILD)/wolfssl.prefix
-$(BUILD)/wolfssl.prefix:
+# Always asks the script (a no-op when the cached build is current); the file changes only
+# when the prefix does, and then every object is rebuilt against the new headers.
+.PHONY: FORCE
+$(BUILD)/wolfssl.prefix: FORCE
 	@mkdir -p $(BUILD)
-	@sh scripts/wolfssl.sh > $@.tmp && mv $@.tmp $@
+	@sh scripts/wolfssl.sh > $@.tmp && { cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
 
-$(BUILD)/%.o: %.c | $(WOLFSSL_DEP)
+$(BUILD)/%.o: %.c $(WOLFSSL_DEP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
 

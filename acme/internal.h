@@ -52,6 +52,8 @@ struct cert_info {
 	int is_ed25519;
 };
 int cert_info_parse(const uint8_t *der, size_t len, struct cert_info *ci);
+/* ARI certID (RFC 9773 §4.1): base64url(AKI keyIdentifier) "." base64url(serial). */
+void acme_ari_id(const struct cert_info *ci, char *out, size_t cap);
 /* Split a PEM bundle: every CERTIFICATE block's DER, in order. Caller frees each and the
  * array. Returns the count (0 when none or on error). */
 size_t pem_certs(const char *pem, size_t len, uint8_t ***ders, size_t **lens);

@@ -248,7 +248,7 @@ static void paths(struct cert_provider *p, const struct cert_entry *e, char *crt
 }
 
 /* base64url(AKI keyIdentifier) "." base64url(serial) */
-static void ari_id(const struct cert_info *ci, char *out, size_t cap)
+void acme_ari_id(const struct cert_info *ci, char *out, size_t cap)
 {
 	char *a = b64url(ci->aki, ci->aki_len), *s = b64url(ci->serial, ci->serial_len);
 
@@ -297,7 +297,7 @@ static int install(struct cert_provider *p, struct cert_entry *e, const char *ch
 	e->not_before = ci.not_before;
 	e->not_after = ci.not_after;
 	e->renew_at = ci.not_after - (ci.not_after - ci.not_before) / 3;
-	ari_id(&ci, e->ari_id, sizeof e->ari_id);
+	acme_ari_id(&ci, e->ari_id, sizeof e->ari_id);
 	if (!e->is_ip && p->host_acme && strcmp(e->name, p->hostname) == 0) {
 		/* the --hostname certificate is also what SNI-less handshakes start from */
 		wolfSSL_CTX_up_ref(ctx);

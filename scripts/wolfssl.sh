@@ -17,12 +17,13 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cache=$top/.cache
 apt_dir=$cache/apt
 
-# What derpd needs: TLS 1.2/1.3, ALPN, SNI (+ wolfSSL_set_SSL_CTX from opensslextra),
+# What derpd needs: TLS 1.2/1.3, ALPN, SNI (+ the SNI callback and wolfSSL_set_SSL_CTX,
+# which need opensslall, as in Debian's build),
 # ECC P-256 (ACME keys, ECDSA certs), Ed25519 (meta certificate), X25519 and
 # ChaCha20-Poly1305 (what Go clients offer), RSA-PSS (RSA certs under TLS 1.3), session
 # tickets, key generation and certificate/CSR encoding; then the speed.
 OPTS="--enable-static --disable-shared --with-pic --disable-examples --disable-crypttests
---disable-benchmark --enable-tls13 --enable-alpn --enable-sni --enable-opensslextra
+--disable-benchmark --enable-tls13 --enable-alpn --enable-sni --enable-opensslextra --enable-opensslall
 --enable-ecc --enable-ed25519 --enable-curve25519 --enable-chacha --enable-poly1305
 --enable-aesgcm --enable-rsapss --enable-hkdf --enable-supportedcurves
 --enable-session-ticket --enable-keygen --enable-certgen --enable-certreq
@@ -86,7 +87,8 @@ build() {
 	trap 'rm -rf "$work"' EXIT
 	log "fetching Debian source wolfssl=$ver"
 	# shellcheck disable=SC2046
-	(cd "$work" && apt-get $(apt_opts) -qq source --download-only "wolfssl=$ver" >&2)
+	(cd "$work" && apt-get $(apt_opts) -qq source --download-only "wolfssl=$ver" \
+		>"$work/apt.log" 2>&1) || { cat "$work/apt.log" >&2; exit 1; }
 	dsc=$(ls "$work"/*.dsc)
 	(cd "$work" && dpkg-source -q -x "$dsc" src >&2)   # applies Debian's patches
 	log "configuring (AES-NI, x86-64 assembly)"
