@@ -340,6 +340,110 @@ static void test_forward_packet(void **state)
 	derp_client_close(dst);
 }
 
+/* ---- the outbound watch loop, against one peer -------------------------------------- */
+
+/* host/dialhost: the TCP connection goes to dialhost (the name does not even resolve),
+ * and the peer counts this server as a watcher. */
+static void test_dialhost(void **state)
+{
+	struct fixture *f = *state;
+	char with[96];
+
+	snprintf(with, sizeof with, "peer.invalid:%u/127.0.0.1", f->s->port);
+	const char *extra[] = { "-mesh-psk-file", f->key_path, "-mesh-with", with, NULL };
+	struct harness_server *s2 = harness_start(extra);
+	assert_int_equal(harness_wait_metric(f->s, "derp_watchers", 1, T), 1);
+	/* s2 knows f's clients, f knows s2's outbound client (and s2 itself, announced by f) */
+	struct derp_client *c = harness_client(f->s, NULL);
+	assert_int_equal(harness_wait_metric(s2, "derp_clients_remote", 2, T), 2);
+	struct derp_client *c2 = harness_client(s2, NULL);
+	uint8_t pkt[40];
+	randombytes_buf(pkt, sizeof pkt);
+	assert_int_equal(derp_client_send(c2, pub(c), pkt, sizeof pkt), 0);
+	harness_expect_packet(c, pub(c2), pkt, sizeof pkt, T);
+	assert_int_equal(harness_metric(s2, "derp_packets_forwarded_out"), 1);
+	assert_int_equal(harness_metric(f->s, "derp_packets_forwarded_in"), 1);
+	derp_client_close(c2);
+	derp_client_close(c);
+	harness_stop(s2);
+	assert_int_equal(harness_wait_metric(f->s, "derp_watchers", 0, T), 0);
+}
+
+/* CONFORMANCE 130: a peer that cannot be dialled is logged with the dial error and tried
+ * again after 5 s. */
+static void test_connect_error_retry(void **state)
+{
+	struct fixture *f = *state;
+	char with[64], line[128];
+	int resv;
+
+	snprintf(with, sizeof with, "127.0.0.1:%u", mu_reserve_port(&resv)); /* not listening */
+	snprintf(line, sizeof line, "mesh(\"%s\"): mesh connect: dial 127.0.0.1:", with);
+	const char *extra[] = { "-mesh-psk-file", f->key_path, "-mesh-with", with, NULL };
+	struct harness_server *s = harness_start(extra);
+	int64_t start = harness_now_ms(), first = -1;
+	while (harness_now_ms() - start < 8000) {
+		char *log = NULL;
+		size_t n = 0;
+		FILE *lf = fopen(s->log_path, "r");
+		if (lf) {
+			getdelim(&log, &n, 0, lf);
+			fclose(lf);
+		}
+		char *p = log ? strstr(log, line) : NULL;
+		if (p && first < 0)
+			first = harness_now_ms();
+		int twice = p && strstr(p + 1, line);
+		if (p && !strstr(p, "Connection refused"))
+			fail_msg("the dial error is not in the log line");
+		free(log);
+		if (twice)
+			break;
+		poll(NULL, 0, 50);
+	}
+	int64_t took = harness_now_ms() - start;
+	if (first < 0)
+		fail_msg("no \"%s\" line in the log", line);
+	if (took < 4000 || took >= 8000)
+		fail_msg("second attempt after %lld ms, want about 5000", (long long)took);
+	harness_stop(s);
+	close(resv);
+}
+
+/* A peer that accepts TCP but never answers keeps the login waiting; SIGTERM must not. */
+static void test_stop_during_login(void **state)
+{
+	struct fixture *f = *state;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof sa;
+	char with[64];
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	assert_int_equal(bind(ls, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(ls, 4), 0);
+	assert_int_equal(getsockname(ls, (struct sockaddr *)&sa, &sl), 0);
+	snprintf(with, sizeof with, "127.0.0.1:%u", ntohs(sa.sin_port));
+	const char *extra[] = { "-mesh-psk-file", f->key_path, "-mesh-with", with, NULL };
+	struct harness_server *s = harness_start(extra);
+	struct pollfd p = { .fd = ls, .events = POLLIN };
+	assert_int_equal(poll(&p, 1, T), 1);
+	int peer = accept(ls, NULL, NULL);
+	assert_true(peer >= 0);
+	char req[512];
+	assert_true(harness_read_head(peer, req, sizeof req, T) > 0); /* the upgrade request */
+	assert_non_null(strstr(req, "GET /derp HTTP/1.1\r\n"));
+	assert_non_null(strcasestr(req, "\r\nHost: 127.0.0.1:"));
+	assert_non_null(strcasestr(req, "\r\nUpgrade: DERP\r\n"));
+	int64_t t0 = harness_now_ms();
+	harness_stop(s);
+	int64_t took = harness_now_ms() - t0;
+	if (took > 4000)
+		fail_msg("derpd took %lld ms to stop while a mesh login was waiting", (long long)took);
+	close(peer);
+	close(ls);
+}
+
 /* ---- the key file, as derpd starts ------------------------------------------------ */
 
 static void start_args(const char *dir, const char **argv, int *argc)
@@ -497,6 +601,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mesh_key_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_peer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_forward_packet, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dialhost, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connect_error_retry, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_during_login, setup, teardown),
 		cmocka_unit_test(test_key_file_forms),
 		cmocka_unit_test(test_key_file_invalid),
 		cmocka_unit_test(test_key_file_default_path),
