@@ -14,6 +14,7 @@
 #include "server/sentto.h"
 
 #define HTTP_HEAD_TIMEOUT_MS 30000  /* derper's HTTP read timeout */
+#define TLS_HANDSHAKE_TIMEOUT_MS 10000
 #define HANDSHAKE_TIMEOUT_MS 10000  /* PROTOCOL.md §6: ServerKey write, ClientInfo read */
 #define KEEPALIVE_JITTER_MS 5000
 #define RTT_INTERVAL_MS 10000       /* upstream's statsInterval */
@@ -82,6 +83,13 @@ struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa)
 		w->conns->prev = c;
 	w->conns = c;
 	c->deadline_ms = c->created_ms + HTTP_HEAD_TIMEOUT_MS;
+	if (relay.cfg->tls) {
+		if (tls_conn_start(c) != 0) {
+			conn_close(c, "TLS: out of memory");
+			return c;
+		}
+		c->deadline_ms = c->created_ms + TLS_HANDSHAKE_TIMEOUT_MS;
+	}
 	worker_timer_set(c, c->deadline_ms);
 	return c;
 }
@@ -147,8 +155,9 @@ static void conn_rearm(struct conn *c)
 void conn_on_timer(struct conn *c, int64_t now)
 {
 	if (c->deadline_ms && now >= c->deadline_ms) {
-		conn_close(c, c->state == CS_HTTP ? "timeout reading HTTP request"
-						   : "timeout waiting for client info");
+		conn_close(c, c->ssl && !c->tls_done ? "timeout in the TLS handshake"
+			      : c->state == CS_HTTP ? "timeout reading HTTP request"
+						    : "timeout waiting for client info");
 		return;
 	}
 	if (c->stall_ms && write_timeout_ms(c) > 0 && now - c->stall_ms >= write_timeout_ms(c)) {
@@ -246,6 +255,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		mesh_out_closed(c); /* before the fd goes: no forwarder may point at a dead conn */
 	worker_timer_del(c);
 	ready_unlink(c);
+	tls_conn_end(c);
 	if (keep_fd)
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	else
@@ -285,7 +295,14 @@ int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerle
 {
 	int fd = c->fd;
 
-	/* Give the client's real address in its natural family (debug access checks it). */
+	conn_peer(c, peer, peerlen);
+	conn_teardown(c, "handed to the HTTP server", 1);
+	return fd;
+}
+
+/* The client's real address in its natural family (debug access checks it). */
+void conn_peer(const struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen)
+{
 	memset(peer, 0, sizeof *peer);
 	if (memcmp(c->ip16, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
 		struct sockaddr_in *in = (struct sockaddr_in *)peer;
@@ -300,8 +317,6 @@ int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerle
 		in6->sin6_port = htons(c->port);
 		*peerlen = sizeof *in6;
 	}
-	conn_teardown(c, "handed to the HTTP server", 1);
-	return fd;
 }
 
 void conn_free(struct conn *c)

@@ -229,7 +229,7 @@ static uint32_t frame_in_progress(const struct conn *c)
  * queued packets still point into is never written over; unparsed bytes move to a fresh
  * one (only the partial frame is copied). The chunk size follows the sender: large while
  * its reads fill chunks, small otherwise. */
-static int ensure_space(struct conn *c)
+int conn_ensure_space(struct conn *c)
 {
 	uint32_t want = frame_in_progress(c);
 	uint32_t size = c->read_large ? CHUNK_LARGE : CHUNK_SMALL;
@@ -271,6 +271,12 @@ static int ensure_space(struct conn *c)
 
 void conn_on_readable(struct conn *c)
 {
+	if (c->ssl && !c->tls_done && tls_handshake(c) <= 0)
+		return;
+	if (c->state == CS_BRIDGE) {
+		bridge_pump(c);
+		return;
+	}
 	if (c->state == CS_HTTP) {
 		if (conn_http(c) < 0 || c->state == CS_HTTP)
 			return;
@@ -279,19 +285,19 @@ void conn_on_readable(struct conn *c)
 		if (conn_flush(c) < 0)
 			return;
 	}
-	/* Frames left over from a pause come first. */
+	/* Frames left over from a pause (or after a TLS request head) come first. */
 	if (c->rchunk && c->rend > c->rstart) {
 		int r = parse_frames(c);
 		if (r != 0)
 			return;
 	}
 	for (int i = 0; i < READ_BUDGET; i++) {
-		if (ensure_space(c) != 0) {
+		if (conn_ensure_space(c) != 0) {
 			conn_close(c, "out of memory");
 			return;
 		}
 		uint32_t room = c->rchunk->cap - c->rend;
-		ssize_t n = read(c->fd, c->rchunk->data + c->rend, room);
+		ssize_t n = conn_recv(c, c->rchunk->data + c->rend, room);
 		if (n == 0) {
 			conn_close(c, c->rend > c->rstart || c->discard ? "EOF mid-frame" : "EOF");
 			return;

@@ -140,7 +140,7 @@ int conn_flush(struct conn *c)
 			return 0;
 		}
 		struct outbatch *b = c->out;
-		ssize_t n = writev(c->fd, b->iov + b->iov_idx, b->niov - b->iov_idx);
+		ssize_t n = conn_writev(c, b->iov + b->iov_idx, b->niov - b->iov_idx);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -169,6 +169,13 @@ int conn_flush(struct conn *c)
 
 void conn_on_writable(struct conn *c)
 {
-	if (c->state != CS_HTTP)
+	if (c->ssl && !c->tls_done) {
+		/* The handshake may be waiting to write; it reads what follows itself. */
+		if (tls_handshake(c) > 0)
+			conn_on_readable(c);
+	} else if (c->state == CS_BRIDGE) {
+		bridge_pump(c);
+	} else if (c->state != CS_HTTP) {
 		conn_flush(c);
+	}
 }

@@ -65,24 +65,56 @@ static void hand_off(struct conn *c)
 		log_debug("derpd: handing a connection to the HTTP server failed");
 }
 
+/* TLS: the head cannot be peeked, so read decrypted bytes into the read chunk. Returns
+ * the bytes buffered, 0 if none yet (EAGAIN), -1 if the connection was closed. */
+static ssize_t tls_fill(struct conn *c)
+{
+	for (;;) {
+		if (c->rchunk && c->rend - c->rstart >= WORKER_SCRATCH)
+			return c->rend - c->rstart; /* a head's worth: enough to decide */
+		if (conn_ensure_space(c) != 0) {
+			conn_close(c, "out of memory");
+			return -1;
+		}
+		uint32_t room = c->rchunk->cap - c->rend;
+		if (room > WORKER_SCRATCH - (c->rend - c->rstart))
+			room = WORKER_SCRATCH - (c->rend - c->rstart);
+		ssize_t n = conn_recv(c, c->rchunk->data + c->rend, room);
+		if (n > 0) {
+			c->rend += (uint32_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EAGAIN)
+			return c->rend - c->rstart;
+		conn_close(c, n == 0 ? "EOF before request" : "TLS read failed");
+		return -1;
+	}
+}
+
 int conn_http(struct conn *c)
 {
 	char *buf = (char *)c->w->scratch;
 	struct http_req r;
 	ssize_t n;
 
-	do
-		n = recv(c->fd, buf, WORKER_SCRATCH, MSG_PEEK);
-	while (n < 0 && errno == EINTR);
-	if (n == 0) {
-		conn_close(c, "EOF before request");
-		return -1;
-	}
-	if (n < 0) {
-		if (errno == EAGAIN)
-			return 0;
-		conn_close(c, strerror(errno));
-		return -1;
+	if (c->ssl) {
+		if ((n = tls_fill(c)) <= 0)
+			return (int)n;
+		buf = (char *)c->rchunk->data + c->rstart;
+	} else {
+		do
+			n = recv(c->fd, buf, WORKER_SCRATCH, MSG_PEEK);
+		while (n < 0 && errno == EINTR);
+		if (n == 0) {
+			conn_close(c, "EOF before request");
+			return -1;
+		}
+		if (n < 0) {
+			if (errno == EAGAIN)
+				return 0;
+			conn_close(c, strerror(errno));
+			return -1;
+		}
 	}
 	int hl = http_head_parse(buf, (size_t)n, &r);
 	if (hl == 0 && n < WORKER_SCRATCH)
@@ -92,18 +124,24 @@ int conn_http(struct conn *c)
 					   "Content-Type: text/plain; charset=utf-8\r\n"
 					   "Connection: close\r\nContent-Length: 48\r\n\r\n"
 					   "derpd: DERP over WebSocket is not supported yet\n";
-		if (send(c->fd, resp, sizeof resp - 1, MSG_NOSIGNAL) < 0)
+		struct iovec v = { (void *)resp, sizeof resp - 1 };
+		if (conn_writev(c, &v, 1) < 0)
 			log_debug("derpd: conn %llu: %s", (unsigned long long)c->id, strerror(errno));
 		conn_close(c, "WebSocket DERP not supported yet");
 		return -1;
 	}
 	if (hl <= 0 || !is_derp_upgrade(&r)) {
-		hand_off(c);
+		if (c->ssl)
+			bridge_start(c);
+		else
+			hand_off(c);
 		return -1;
 	}
-	/* Consume exactly the head: bytes after it (a fast-start client's ClientInfo) stay in
-	 * the socket for the DERP reader. */
-	if (recv(c->fd, buf, (size_t)hl, 0) != hl) {
+	/* Consume exactly the head: bytes after it (a fast-start client's ClientInfo) stay
+	 * for the DERP reader (in the socket, or over TLS in the read chunk). */
+	if (c->ssl)
+		c->rstart += (uint32_t)hl;
+	else if (recv(c->fd, buf, (size_t)hl, 0) != hl) {
 		conn_close(c, "short read of request head");
 		return -1;
 	}

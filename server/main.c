@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "acme/cert.h"
 #include "mesh/mesh.h"
 #include "metrics/httpd.h"
 #include "server/config.h"
@@ -37,6 +38,7 @@ int main(int argc, char **argv)
 	uint8_t priv[32];
 	char err[256];
 	struct stun_server *stun = NULL;
+	struct cert_provider *certs = NULL;
 	sigset_t sigs;
 	int sig, rc;
 
@@ -73,6 +75,16 @@ int main(int argc, char **argv)
 		log_info("derpd: STUN: %s", err);
 		return 1;
 	}
+	if (cfg.tls) {
+		uint8_t pub[32];
+		key_public(pub, priv);
+		if (!(certs = cert_provider_start(&cfg, pub, err, sizeof err))) {
+			log_info("derper: can not start cert provider: %s", err);
+			return 1;
+		}
+		server_set_cert_provider(certs);
+		log_info("derpd: TLS with %s", cert_tls_library());
+	}
 	if (httpd_start(&cfg, err, sizeof err) != 0) {
 		log_info("derpd: HTTP: %s", err);
 		return 1;
@@ -90,7 +102,10 @@ int main(int argc, char **argv)
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			log_info("derpd: SIGHUP: nothing to reload (no -rate-config); ignored");
+			if (certs)
+				cert_provider_reload(certs);
+			else
+				log_info("derpd: SIGHUP: nothing to reload; ignored");
 			continue;
 		}
 		break;
@@ -101,6 +116,7 @@ int main(int argc, char **argv)
 		stun_stop(stun);
 	server_stop();
 	httpd_stop();
+	cert_provider_stop(certs);
 	log_info("derpd: stopped");
 	return 0;
 }

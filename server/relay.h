@@ -62,7 +62,7 @@ void sendq_count_drop(struct derp_stats *st, enum drop_reason r, const struct pk
 
 /* ---- connections (conn.c, conn_read.c, conn_write.c) ---- */
 
-enum conn_state { CS_HTTP, CS_HANDSHAKE, CS_RUNNING, CS_CLOSED };
+enum conn_state { CS_HTTP, CS_HANDSHAKE, CS_RUNNING, CS_BRIDGE, CS_CLOSED };
 
 #define BATCH_PKTS 64
 #define BATCH_CTRL 4096
@@ -122,6 +122,13 @@ struct conn {
 	struct mesh_out *mesh;  /* outbound mesh connections only */
 	uint8_t *hll;           /* distinct senders (hll.h), once anything was delivered */
 
+	/* TLS (tls.c) */
+	struct WOLFSSL *ssl;
+	uint8_t tls_done, tls_version;
+	uint8_t *tls_wbuf;      /* a write wolfSSL asked to be repeated */
+	uint32_t tls_wlen;
+	struct bridge *bridge;  /* plain HTTP over TLS, carried to libmicrohttpd */
+
 	struct conn *ready_next;
 	struct conn *next, *prev; /* worker's list of all its conns */
 };
@@ -134,6 +141,8 @@ void conn_on_writable(struct conn *c);
 void conn_on_timer(struct conn *c, int64_t now);
 void conn_close(struct conn *c, const char *why);
 void conn_free(struct conn *c);
+/* c's remote address as a sockaddr in its natural family. */
+void conn_peer(const struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen);
 /* Remove c from the worker without closing its socket; returns the fd and the peer. */
 int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen);
 /* Append a frame this worker made for c to c's local output. */
@@ -144,10 +153,22 @@ void conn_start_running(struct conn *c);
 void conn_set_stalled(struct conn *c, int stalled);
 /* Write what is pending; returns -1 if the connection was closed. */
 int conn_flush(struct conn *c);
+/* Room in c->rchunk for the next read (the frame in progress kept whole). -1 on OOM. */
+int conn_ensure_space(struct conn *c);
 /* Handle a complete request head (http.c). Returns -1 if the connection was closed. */
 int conn_http(struct conn *c);
 /* Handle the ClientInfo frame (handshake.c). Returns -1 on failure (caller closes). */
 int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len);
+
+/* ---- TLS and the HTTP bridge (tls.c) ---- */
+
+int tls_conn_start(struct conn *c);       /* a new connection on a TLS listener */
+int tls_handshake(struct conn *c);        /* 1 done, 0 in progress, -1 failed (closed) */
+ssize_t conn_recv(struct conn *c, void *buf, size_t len);            /* read(2) or TLS */
+ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n); /* writev(2) or TLS */
+void tls_conn_end(struct conn *c);
+int bridge_start(struct conn *c);         /* hand this TLS connection's HTTP over */
+void bridge_pump(struct conn *c);
 
 /* ---- workers (worker.c) ---- */
 

@@ -10,6 +10,9 @@ struct config;
 int server_start(const struct config *cfg, const uint8_t priv[32], char *err, size_t errlen);
 /* Stop accepting, close every connection, join the workers. */
 void server_stop(void);
+struct cert_provider;
+/* TLS mode: where connections get their certificates (acme/cert.h). Before server_start. */
+void server_set_cert_provider(struct cert_provider *p);
 /* The bound TCP port (useful with -a :0). */
 int server_port(void);
 

@@ -265,6 +265,11 @@ static void *worker_main(void *arg)
 				uint64_t v;
 				if (read(w->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
 					log_info("derpd: worker %d: eventfd read: %s", w->id, strerror(errno));
+			} else if ((uintptr_t)p & 1) {
+				/* the HTTP-server end of a TLS connection's bridge */
+				struct conn *c = (struct conn *)((uintptr_t)p & ~(uintptr_t)1);
+				if (c->state == CS_BRIDGE)
+					bridge_pump(c);
 			} else {
 				struct conn *c = p;
 				if (c->state != CS_CLOSED && (evs[i].events & EPOLLOUT))
