@@ -46,7 +46,7 @@ static const struct flag_def flags[] = {
 	FLAG("a", FT_STRING, addr, 0, 1,
 	     "listen address for HTTP/HTTPS: \":port\", \"ip:port\" or \"[ipv6]:port\"; no IP\n"
 	     "means all interfaces. HTTPS if the port is 443 or https, or -certmode is manual"),
-	FLAG("http-port", FT_INT, http_port, 0, 0,
+	FLAG("http-port", FT_INT, http_port, 0, 1,
 	     "plain-HTTP port served beside HTTPS (ACME, /generate_204), bound to the IP of -a;\n"
 	     "-1 disables"),
 	FLAG("stun-port", FT_INT, stun_port, 0, 1,
@@ -754,9 +754,10 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		fprintf(stderr, "derpd: invalid -a address \"%s\": %s\n", cfg->addr, why);
 		return 2;
 	}
-	if (cfg->tls) {
-		fprintf(stderr, "derpd: TLS (-a port 443 or -certmode manual) is not supported yet; "
-			"use -a with another port for plain HTTP\n");
+	if (cfg->tls && cfg->http_port >= 0) {
+		/* derper serves ACME http-01, /generate_204 and redirects there in TLS mode. */
+		fprintf(stderr, "derpd: the plain-HTTP listener of TLS mode (-http-port) is not "
+			"supported yet; pass -http-port=-1\n");
 		return 2;
 	}
 

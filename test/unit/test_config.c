@@ -149,10 +149,11 @@ static void test_defaults(void **state)
 	assert_int_equal(c.listen_port, 8080);
 	assert_string_equal(c.config_path, "/tmp/k");
 
-	/* Nothing but -c: the default -a :443 means TLS, which is not built yet. */
+	/* Nothing but -c: the default -a :443 means TLS, whose port-80 listener (on by
+	 * default) is not built yet. */
 	assert_int_equal(parse(&c, "-c", "/tmp/k", NULL), 2);
 	assert_string_equal(c.addr, ":443");
-	assert_err_has("TLS (-a port 443 or -certmode manual) is not supported yet");
+	assert_err_has("(-http-port) is not supported yet; pass -http-port=-1");
 }
 
 /* certdir, secrets-cache-dir and mesh-psk-file follow $HOME / $XDG_CACHE_HOME. */
@@ -446,15 +447,23 @@ static void test_tls_and_certmode(void **state)
 
 	(void)state;
 	assert_int_equal(parse(&c, "-c", "/k", "-a", "1.2.3.4:443", NULL), 2);
-	assert_err_has("derpd: TLS (-a port 443 or -certmode manual) is not supported yet; "
-		       "use -a with another port for plain HTTP");
+	assert_err_has("derpd: the plain-HTTP listener of TLS mode (-http-port) is not "
+		       "supported yet; pass -http-port=-1");
 	assert_int_equal(c.tls, 1);
-	assert_int_equal(parse(&c, "-c", "/k", "-a", ":https", NULL), 2);
-	assert_err_has("TLS");
+	assert_int_equal(parse(&c, "-c", "/k", "-a", "1.2.3.4:443", "-http-port=-1", NULL), 0);
+	assert_int_equal(c.tls, 1);
+	assert_int_equal(parse(&c, "-c", "/k", "-a", ":https", "-http-port=-1", NULL), 0);
+	assert_int_equal(c.tls, 1);
 	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode", "manual", NULL), 2);
-	assert_err_has("TLS");
-	assert_int_equal(parse(&c, "-dev", "-certmode=manual", NULL), 2);
-	assert_err_has("TLS");
+	assert_err_has("-http-port");
+	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode", "manual",
+			       "-http-port", "-1", NULL), 0);
+	assert_int_equal(c.tls, 1);
+	assert_int_equal(parse(&c, "-dev", "-certmode=manual", "-http-port=-1", NULL), 0);
+	assert_int_equal(c.tls, 1);
+	/* Plain HTTP: -http-port is unused, as in derper. */
+	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-http-port=8081", NULL), 0);
+	assert_int_equal(c.tls, 0);
 	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode", "gcp", NULL), 0);
 	assert_string_equal(c.certmode, "gcp");
 	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode=letsencrypt",
@@ -493,8 +502,6 @@ static void test_unsupported(void **state)
 		{ "-socket=/s", "-socket" }, { "-accept-connection-limit=1", "-accept-connection-limit" },
 		{ "-accept-connection-burst=1", "-accept-connection-burst" },
 		{ "-rate-config=/r.json", "-rate-config" }, { "--ace", "-ace" },
-		{ "-http-port=-1", "-http-port" },
-		{ "--http-port=8080", "-http-port" },
 	};
 	static const char *const dflt[] = {
 		"-acme-eab-kid=", "-acme-ip-certs=false", "-mesh-with=", "-secrets-path-prefix=prod/derp",
