@@ -45,6 +45,7 @@ struct mesh_target {
 	char dial[256];  /* host to connect to (dialhost, else the host of name) */
 	uint16_t port;   /* from name; 443 when absent */
 	int tls;         /* port 443: https (not supported yet), otherwise plain http */
+	int via;         /* dial was given explicitly (host/dialhost) */
 };
 /* Parse one entry (len bytes of s). 0, or -1 with err set. */
 int mesh_parse_target(const char *s, size_t len, struct mesh_target *t, char *err,

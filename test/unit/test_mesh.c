@@ -152,6 +152,7 @@ static void test_parse_target(void **state)
 	assert_int_equal(target("127.0.0.1:41234", &t), 0);
 	assert_string_equal(t.name, "127.0.0.1:41234");
 	assert_string_equal(t.dial, "127.0.0.1");
+	assert_false(t.via);
 	assert_int_equal(t.port, 41234);
 	assert_false(t.tls);
 
@@ -162,6 +163,7 @@ static void test_parse_target(void **state)
 	assert_int_equal(target("derp2.example.com:8080/10.0.0.2", &t), 0);
 	assert_string_equal(t.name, "derp2.example.com:8080");
 	assert_string_equal(t.dial, "10.0.0.2");
+	assert_true(t.via);
 	assert_int_equal(t.port, 8080);
 	assert_int_equal(target("derp2.example.com/2001:db8::2", &t), 0);
 	assert_string_equal(t.dial, "2001:db8::2");
