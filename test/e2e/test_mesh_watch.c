@@ -155,6 +155,29 @@ static void test_watch_flood_and_stream(void **state)
 	assert_int_equal(harness_wait_metric(f->s, "derp_clients_local", 0, T), 0);
 }
 
+/* CONFORMANCE 129: a watcher with a fixed key (as a peer server's) whose connection breaks
+ * and is made again, ten times: each time its flood is exactly itself. */
+static void test_watch_reconnect(void **state)
+{
+	struct fixture *f = *state;
+	struct derp_client_opts o = harness_opts();
+	uint8_t priv[32], me[32];
+
+	key_generate(priv);
+	key_public(me, priv);
+	o.private_key = priv;
+	o.mesh_key = f->mesh_key;
+	for (int i = 0; i < 10; i++) {
+		struct derp_client *w = harness_client(f->s, &o);
+		assert_int_equal(derp_client_watch_conns(w), 0);
+		mu_expect_present(w, me, 0x02, T);
+		harness_expect_nothing(w, 50);
+		derp_client_close(w);
+		assert_int_equal(harness_wait_metric(f->s, "derp_clients_local", 0, T), 0);
+	}
+	assert_int_equal(harness_metric(f->s, "derp_watchers"), 0);
+}
+
 /* PROTOCOL.md §5.2: the client's ip:port (IPv4-mapped) and flags as upstream sets them;
  * a duplicate connection is announced again, and PeerGone only comes for the last one. */
 static void test_present_addr_and_flags(void **state)
@@ -332,6 +355,10 @@ static void test_forward_packet(void **state)
 			 in0 + 2);
 	assert_int_equal(harness_wait_metric(f->s, unk, unk0 + 1, T), unk0 + 1);
 	assert_int_equal(harness_metric(f->s, "derp_packets_received"), rx0);
+	/* a disco packet for a key not here: the mesh peer is told NotHere */
+	uint8_t disco[80] = { 0x54, 0x53, 0xf0, 0x9f, 0x92, 0xac };
+	assert_int_equal(derp_client_forward(m, src, nobody, disco, sizeof disco), 0);
+	mu_expect_gone(m, nobody, 0x01, T);
 	/* the destination can answer the forwarded source only through the region: it is
 	 * unknown here, so the reply is dropped, not sent back to the mesh peer */
 	assert_int_equal(derp_client_send(dst, src, "x", 1), 0);
@@ -597,6 +624,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_watch_flood_and_stream, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_watch_reconnect, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_present_addr_and_flags, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mesh_key_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_peer, setup, teardown),
