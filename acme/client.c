@@ -39,6 +39,13 @@ struct acme_client {
 	time_t deadline;
 };
 
+static unsigned long badnonce_retries;
+
+unsigned long acme_client_badnonce_retries(void)
+{
+	return __atomic_load_n(&badnonce_retries, __ATOMIC_RELAXED);
+}
+
 struct resp {
 	long status;
 	char *body;
@@ -249,6 +256,7 @@ static int post(struct acme_client *c, const char *url, const char *payload, int
 		    acme_parse_problem(r->body, r->len, type, sizeof type, detail, sizeof detail) == 0 &&
 		    strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0) {
 			log_debug("acme: badNonce from %s, retrying", url);
+			__atomic_add_fetch(&badnonce_retries, 1, __ATOMIC_RELAXED);
 			resp_free(r);
 			continue;
 		}

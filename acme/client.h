@@ -32,5 +32,7 @@ int acme_client_issue(struct acme_client *c, const char *type, const char *value
 /* ARI suggested window for certid (RFC 9773 §4.1); -1 if the CA has no ARI. */
 int acme_client_ari(struct acme_client *c, const char *certid, time_t *start, time_t *end);
 const char *acme_client_thumbprint(const struct acme_client *c);
+/* badNonce answers retried so far, process-wide (tests). */
+unsigned long acme_client_badnonce_retries(void);
 
 #endif

@@ -645,6 +645,14 @@ int cert_build_selfsigned(ecc_key *k, const char *cn, const char *dns, const uin
 			  size_t iplen, time_t not_before, time_t not_after,
 			  const uint8_t *acme_hash, uint8_t **out, size_t *outlen)
 {
+	struct cert_tmpl t = { cn, cn, dns, ip, iplen, not_before, not_after, 0, acme_hash };
+
+	return cert_build(k, k, &t, out, outlen);
+}
+
+int cert_build(ecc_key *k, ecc_key *issuer, const struct cert_tmpl *t, uint8_t **out,
+	       size_t *outlen)
+{
 	uint8_t serial[16];
 	struct der d;
 	size_t m, e;
@@ -656,37 +664,45 @@ int cert_build_selfsigned(ecc_key *k, const char *cn, const char *dns, const uin
 	der_tlv(&d, 0xa0, "\x02\x01\x02", 3);
 	der_uint(&d, serial, sizeof serial);
 	der_algo(&d, OID_ECDSA_SHA256, sizeof OID_ECDSA_SHA256);
-	der_name_cn(&d, cn);
+	der_name_cn(&d, t->issuer_cn);
 	m = der_mark(&d);
-	der_time(&d, not_before);
-	der_time(&d, not_after);
+	der_time(&d, t->not_before);
+	der_time(&d, t->not_after);
 	der_wrap(&d, m, 0x30);
-	der_name_cn(&d, cn);
+	der_name_cn(&d, t->cn);
 	der_ec_spki(&d, k);
 	m = der_mark(&d);
 	e = der_mark(&d);
-	/* keyUsage digitalSignature|keyEncipherment, critical (Go's order of extensions) */
-	der_ext(&d, OID_KEY_USAGE, sizeof OID_KEY_USAGE, 1, (const uint8_t *)"\x03\x02\x05\xa0", 4);
-	{
+	if (t->is_ca) {
+		/* keyCertSign|cRLSign; cA TRUE */
+		der_ext(&d, OID_KEY_USAGE, sizeof OID_KEY_USAGE, 1,
+			(const uint8_t *)"\x03\x02\x01\x06", 4);
+		der_ext(&d, OID_BASIC_CONSTRAINTS, sizeof OID_BASIC_CONSTRAINTS, 1,
+			(const uint8_t *)"\x30\x03\x01\x01\xff", 5);
+	} else {
+		/* digitalSignature|keyEncipherment, critical (Go's order of extensions) */
+		der_ext(&d, OID_KEY_USAGE, sizeof OID_KEY_USAGE, 1,
+			(const uint8_t *)"\x03\x02\x05\xa0", 4);
 		struct der v;
 		der_init(&v);
 		der_tlv(&v, 0x06, OID_SERVER_AUTH, sizeof OID_SERVER_AUTH);
 		der_wrap(&v, 0, 0x30);
 		der_ext(&d, OID_EXT_KEY_USAGE, sizeof OID_EXT_KEY_USAGE, 0, v.buf, v.len);
 		der_free(&v);
+		der_ext(&d, OID_BASIC_CONSTRAINTS, sizeof OID_BASIC_CONSTRAINTS, 1,
+			(const uint8_t *)"\x30\x00", 2);
 	}
-	der_ext(&d, OID_BASIC_CONSTRAINTS, sizeof OID_BASIC_CONSTRAINTS, 1,
-		(const uint8_t *)"\x30\x00", 2);
-	der_san(&d, dns, ip, iplen);
-	if (acme_hash) {
+	if (t->dns || t->ip)
+		der_san(&d, t->dns, t->ip, t->iplen);
+	if (t->acme_hash) {
 		uint8_t v[34] = { 0x04, 0x20 };
-		memcpy(v + 2, acme_hash, 32);
+		memcpy(v + 2, t->acme_hash, 32);
 		der_ext(&d, OID_ACME_ID, sizeof OID_ACME_ID, 1, v, sizeof v);
 	}
 	der_wrap(&d, e, 0x30);
 	der_wrap(&d, m, 0xa3);
 	der_wrap(&d, 0, 0x30);
-	rc = der_sign_ec(&d, k, out, outlen);
+	rc = der_sign_ec(&d, issuer, out, outlen);
 	der_free(&d);
 	return rc;
 }

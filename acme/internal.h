@@ -84,6 +84,17 @@ int cert_build_meta(const uint8_t server_pub[32], time_t now, const uint8_t *see
 int cert_build_selfsigned(ecc_key *k, const char *cn, const char *dns, const uint8_t *ip,
 			  size_t iplen, time_t not_before, time_t not_after,
 			  const uint8_t *acme_hash, uint8_t **der, size_t *len);
+/* The general form: subject key k signed by issuer (k itself when self-signed). */
+struct cert_tmpl {
+	const char *cn, *issuer_cn, *dns;
+	const uint8_t *ip;
+	size_t iplen;
+	time_t not_before, not_after;
+	int is_ca;
+	const uint8_t *acme_hash;
+};
+int cert_build(ecc_key *k, ecc_key *issuer, const struct cert_tmpl *t, uint8_t **der,
+	       size_t *len);
 /* PKCS#10 request for one DNS name or one IP address (the ACME finalize CSR). */
 int csr_build(ecc_key *k, const char *dns, const uint8_t *ip, size_t iplen,
 	      uint8_t **der, size_t *len);
@@ -148,6 +159,7 @@ struct cert_entry {
 	time_t next_attempt;     /* backoff after a failure */
 	int retry_s;             /* next backoff: 60 s doubling to 30 min */
 	int want;                /* issuance or cache load requested */
+	int woken;               /* a handshake woke the thread for this attempt */
 	int loaded;              /* cache looked at once */
 	char ari_id[256];        /* ARI certID of the current certificate */
 };

@@ -34,6 +34,16 @@ struct issue_state {
 	time_t ari_checked;
 };
 
+/* Go's time.Time printing, as derper's log lines show it. */
+static const char *fmt_time(time_t t, char *buf, size_t len)
+{
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(buf, len, "%Y-%m-%d %H:%M:%S +0000 UTC", &tm);
+	return buf;
+}
+
 /* ---- files -------------------------------------------------------------------------- */
 
 char *file_read(const char *path, size_t *len)
@@ -333,8 +343,8 @@ static int load_cached(struct cert_provider *p, struct cert_entry *e)
 		kl = cl;
 	rc = k ? install(p, e, c, cl, k, kl, err, sizeof err) : -1;
 	if (rc == 0)
-		log_info("derper: acme: loaded cached cert for %s (expires %ld)", e->name,
-			 (long)e->not_after);
+		log_info("derper: acme: loaded cached cert for %s (expires %s)", e->name,
+			 fmt_time(e->not_after, err, sizeof err));
 	if (k && k != c)
 		free(k);
 	free(c);
@@ -480,6 +490,7 @@ static void obtain(struct cert_provider *p, struct cert_entry *e)
 				     sizeof err);
 	}
 	pthread_mutex_lock(&p->mu);
+	e->woken = 0;
 	e->want = rc != 0; /* a failure is retried after the backoff */
 	if (rc == 0) {
 		e->retry_s = 0;
@@ -491,11 +502,12 @@ static void obtain(struct cert_provider *p, struct cert_entry *e)
 	}
 	pthread_mutex_unlock(&p->mu);
 	if (rc == 0 && e->is_ip)
-		log_info("derper: acme: got cert for %s (expires %ld). Configure it in DERPMap using "
+		log_info("derper: acme: got cert for %s (expires %s). Configure it in DERPMap using "
 			 "(https://tailscale.com/s/custom-derp):\n  {\"Name\":\"custom\",\"RegionID\":900,"
-			 "\"HostName\":\"%s\"}", e->name, (long)e->not_after, e->name);
+			 "\"HostName\":\"%s\"}", e->name, fmt_time(e->not_after, crt, sizeof crt), e->name);
 	else if (rc == 0)
-		log_info("derper: acme: got cert for %s (expires %ld)", e->name, (long)e->not_after);
+		log_info("derper: acme: got cert for %s (expires %s)", e->name,
+			 fmt_time(e->not_after, crt, sizeof crt));
 	else
 		log_info("derper: acme: getting cert for %s: %s (next attempt in %ds)", e->name, err,
 			 e->retry_s);

@@ -117,7 +117,9 @@ WOLFSSL_CTX *provider_ctx_new(struct cert_provider *p, const char *chain, size_t
 		snprintf(err, errlen, "tls: failed to find any PEM data in key input");
 		goto fail;
 	}
-	if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
+	/* our own answer certificates carry a critical extension wolfSSL's parser refuses;
+	 * their key was made with them, so only loaded files are checked */
+	if (with_meta && wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
 		snprintf(err, errlen, "tls: private key does not match public key");
 		goto fail;
 	}
@@ -190,8 +192,9 @@ static WOLFSSL_CTX *entry_ctx_locked(struct cert_provider *p, const char *name, 
 		return NULL;
 	if (e->ctx && now < e->not_after)
 		return e->ctx;
-	if (!e->want && now >= e->next_attempt) {
+	if (now >= e->next_attempt && !e->woken) {
 		e->want = 1;
+		e->woken = 1; /* one wake-up per attempt, however many handshakes ask */
 		provider_wake(p);
 	}
 	return NULL;
