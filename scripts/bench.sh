@@ -95,7 +95,7 @@ elapsed=$(($(date +%s) - start))
 # ---- the table ---------------------------------------------------------------------------
 model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 ngv=$( [ "$nginx_ok" = 1 ] && nginx -v 2>&1 | sed 's/.*nginx\///' || echo "not available")
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+rev=$(git describe --always --dirty 2>/dev/null || echo "?")
 echo "derpd benchmark: DERP over plain HTTP on loopback (make bench, derpd $rev)"
 echo "machine: $(nproc) cores ($model), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "runs: ${DUR} s measured after ${WARM} s warm-up, each against a fresh server; $elapsed s in all"
