@@ -130,6 +130,15 @@ static void derp_group(struct mbuf *b, const struct metrics_snapshot *s)
 	      (long long)d->peer_gone_disconnected_frames);
 	typed(b, "derp_peer_gone_not_here_frames", "counter",
 	      (long long)d->peer_gone_not_here_frames);
+	if (g->rate_config) {
+		/* Only with --rate-config, as upstream publishes them. */
+		mbuf_printf(b, "derp_rate_limit_per_client_burst_bytes %llu\n",
+			    (unsigned long long)g->rate_burst_bytes);
+		mbuf_printf(b, "derp_rate_limit_per_client_bytes_per_second %llu\n",
+			    (unsigned long long)g->rate_bytes_per_sec);
+		typed(b, "derp_rate_limit_per_client_waited", "counter",
+		      (long long)d->rate_limit_per_client_waited);
+	}
 	typed(b, "derp_sclient_write_timeouts", "counter", (long long)d->sclient_write_timeouts);
 	typed(b, "derp_sent_pong", "counter", (long long)d->sent_pong);
 	typed(b, "derp_unknown_frames", "counter", 0); /* declared, never counted upstream */

@@ -95,19 +95,19 @@ static const struct flag_def flags[] = {
 	FLAG("unpublished-bootstrap-dns-names", FT_STRING, unpublished_bootstrap_dns_names,  0, 1,
 	     "comma-separated host names answered at /bootstrap-dns?q= but not listed;\n"
 	     "name/txtname rolls out by the percentage in txtname's TXT record"),
-	FLAG("verify-clients", FT_BOOL, verify_clients, 0, 0,
+	FLAG("verify-clients", FT_BOOL, verify_clients, 0, 1,
 	     "admit only clients known to the local tailscaled"),
-	FLAG("verify-client-url", FT_STRING, verify_client_url, 0, 0,
+	FLAG("verify-client-url", FT_STRING, verify_client_url, 0, 1,
 	     "admission controller URL asked before admitting each client"),
-	FLAG("verify-client-url-fail-open", FT_BOOL, verify_client_url_fail_open, 0, 0,
+	FLAG("verify-client-url-fail-open", FT_BOOL, verify_client_url_fail_open, 0, 1,
 	     "admit clients when -verify-client-url cannot be reached"),
-	FLAG("socket", FT_STRING, socket_path, 0, 0,
+	FLAG("socket", FT_STRING, socket_path, 0, 1,
 	     "tailscaled socket path for -verify-clients (empty: the OS default)"),
-	FLAG("accept-connection-limit", FT_FLOAT, accept_connection_limit, 0, 0,
+	FLAG("accept-connection-limit", FT_FLOAT, accept_connection_limit, 0, 1,
 	     "rate limit for accepting TCP connections on the TLS listener, per second"),
-	FLAG("accept-connection-burst", FT_INT64, accept_connection_burst, 0, 0,
+	FLAG("accept-connection-burst", FT_INT64, accept_connection_burst, 0, 1,
 	     "burst for -accept-connection-limit"),
-	FLAG("rate-config", FT_STRING, rate_config, 0, 0,
+	FLAG("rate-config", FT_STRING, rate_config, 0, 1,
 	     "JSON file of per-client receive rate limits (experimental), reloaded on SIGHUP"),
 	FLAG("tcp-keepalive-time", FT_DURATION, tcp_keepalive_ms, 0, 1,
 	     "TCP keepalive idle time and interval on accepted connections"),
@@ -752,6 +752,14 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		cfg->addr = ":3340";
 	if (addr_split(cfg, cfg->addr, &why) != 0) {
 		fprintf(stderr, "derpd: invalid -a address \"%s\": %s\n", cfg->addr, why);
+		return 2;
+	}
+	if (isnan(cfg->accept_connection_limit) || cfg->accept_connection_limit < 0) {
+		fprintf(stderr, "derpd: -accept-connection-limit must be a rate >= 0 per second\n");
+		return 2;
+	}
+	if (cfg->accept_connection_burst < 0) {
+		fprintf(stderr, "derpd: -accept-connection-burst must be >= 0\n");
 		return 2;
 	}
 	if (cfg->tls && cfg->http_port >= 0) {

@@ -143,6 +143,8 @@ static void conn_rearm(struct conn *c)
 		at = c->keepalive_ms;
 	if (c->rtt_ms && (!at || c->rtt_ms < at))
 		at = c->rtt_ms;
+	if (c->rate_resume_ms && (!at || c->rate_resume_ms < at))
+		at = c->rate_resume_ms;
 	if (c->stall_ms && write_timeout_ms(c) > 0) {
 		int64_t t = c->stall_ms + write_timeout_ms(c);
 		if (!at || t < at)
@@ -164,6 +166,11 @@ void conn_on_timer(struct conn *c, int64_t now)
 		STAT_ADD(&c->w->stats, sclient_write_timeouts, 1);
 		conn_close(c, "write timeout");
 		return;
+	}
+	if (c->rate_resume_ms && now >= c->rate_resume_ms) {
+		c->rate_resume_ms = 0; /* the tokens are there: parse and read again */
+		c->read_more = 1;
+		worker_mark_ready(c);
 	}
 	if (c->rtt_ms && now >= c->rtt_ms) {
 		int b = rtt_sample(c->fd);
@@ -274,7 +281,8 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		chunk_put(c->rchunk);
 		c->rchunk = NULL;
 	}
-	/* Move from the live list to the grave; freed once this loop turn is over. */
+	/* Move from the live list to the grave; freed once this loop turn is over, or when
+	 * its pending admission answer arrives (the answer still points at it). */
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -282,6 +290,10 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	if (c->next)
 		c->next->prev = c->prev;
 	c->prev = NULL;
+	if (c->admitting) {
+		c->admitting = 2;
+		return;
+	}
 	c->next = w->grave;
 	w->grave = c;
 }

@@ -159,11 +159,44 @@ static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t l
 	return 0;
 }
 
+/* --rate-config (PROTOCOL.md §10): a non-mesh client's frame costs min(length, 65568)
+ * tokens, taken when its header arrives. Short of tokens, nothing more is read from the
+ * client until they are there, so TCP pushes back on it; nothing is dropped. Returns 1 to
+ * wait. */
+static int rate_wait(struct conn *c, uint32_t len)
+{
+	uint32_t gen = __atomic_load_n(&relay.rate_gen, __ATOMIC_ACQUIRE);
+	int64_t now = now_ms();
+
+	if (c->is_mesh || c->rate_charged || (!gen && !c->rate_gen))
+		return 0;
+	if (gen != c->rate_gen) {
+		pthread_mutex_lock(&relay.rate_mu);
+		struct rate_config rc = relay.rate;
+		pthread_mutex_unlock(&relay.rate_mu);
+		tb_set(&c->tb, rc.bytes_per_sec, rc.burst, now);
+		c->rate_gen = gen;
+	}
+	int64_t wait = tb_take(&c->tb, len < RATE_MIN_BURST ? len : RATE_MIN_BURST, now);
+	if (wait <= 0) {
+		c->rate_charged = 1;
+		return 0;
+	}
+	if (!c->rate_resume_ms)
+		STAT_ADD(&c->w->stats, rate_limit_per_client_waited, 1);
+	c->rate_resume_ms = now + wait;
+	worker_timer_set(c, c->rate_resume_ms < c->timer_ms || !c->timer_ms ? c->rate_resume_ms
+									   : c->timer_ms);
+	return 1;
+}
+
 /* Parse every complete frame in the buffer. Returns -1 if the connection was closed,
  * 1 if it paused (see relay_deliver) with frames left, else 0. */
 static int parse_frames(struct conn *c)
 {
 	for (;;) {
+		if (c->admitting)
+			return 1; /* frames wait for the admission answer (handshake_admitted) */
 		if (c->paused) {
 			c->paused = 0;
 			c->read_more = 1; /* resume next turn, after the other worker's */
@@ -185,6 +218,8 @@ static int parse_frames(struct conn *c)
 		uint32_t len;
 		const char *why = NULL;
 		frame_get_header(frame, &type, &len);
+		if (c->state == CS_RUNNING && rate_wait(c, len))
+			return 1;
 		switch (judge(c, type, len, &why)) {
 		case V_CLOSE:
 			if (type == FRAME_PING)
@@ -192,6 +227,7 @@ static int parse_frames(struct conn *c)
 			conn_close(c, why);
 			return -1;
 		case V_DISCARD:
+			c->rate_charged = 0;
 			if (c->registered)
 				client_map_note_activity(relay.map, &c->member);
 			c->rstart += FRAME_HEADER_LEN;
@@ -206,6 +242,7 @@ static int parse_frames(struct conn *c)
 			STAT_ADD(&c->w->stats, got_ping, 1);
 		if (c->registered)
 			client_map_note_activity(relay.map, &c->member);
+		c->rate_charged = 0;
 		c->rstart += FRAME_HEADER_LEN + len;
 		if (handle_frame(c, type, frame, len) < 0)
 			return -1;
@@ -285,6 +322,8 @@ void conn_on_readable(struct conn *c)
 		if (conn_flush(c) < 0)
 			return;
 	}
+	if (c->admitting || c->rate_resume_ms)
+		return; /* read nothing more until admitted / until the tokens are there */
 	/* Frames left over from a pause (or after a TLS request head) come first. */
 	if (c->rchunk && c->rend > c->rstart) {
 		int r = parse_frames(c);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "server/admission.h"
 #include "server/frame.h"
 #include "server/handshake.h"
 #include "server/key.h"
@@ -102,6 +103,9 @@ static int send_server_info(struct conn *c)
 	return 0;
 }
 
+static int ask_admission(struct conn *c);
+static int login_finish(struct conn *c);
+
 int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 {
 	const uint8_t *ckey = payload, *nonce = payload + DERP_KEY_LEN;
@@ -139,6 +143,79 @@ int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 	c->is_mesh = relay.have_mesh_key && ci.has_mesh_key &&
 		     key_equal_ct(ci.mesh_key, relay.mesh_key);
 	c->is_prober = ci.is_prober;
+	if (!c->is_mesh && admission_enabled())
+		return ask_admission(c);
+	return login_finish(c);
+}
+
+/* ---- admission: asked on another thread, answered through the worker's mailbox ---- */
+
+struct admission_ask {
+	struct admission_ask *next;
+	struct conn *c;  /* parked: not freed until the answer arrives (see conn_teardown) */
+	int allow;
+};
+
+static void admission_done(void *arg, int allow)
+{
+	struct admission_ask *a = arg;
+	struct worker *w = a->c->w;
+
+	a->allow = allow;
+	pthread_mutex_lock(&w->ready_mu);
+	a->next = w->admitted;
+	w->admitted = a;
+	pthread_mutex_unlock(&w->ready_mu);
+	worker_wake(w);
+}
+
+static int ask_admission(struct conn *c)
+{
+	struct admission_ask *a = calloc(1, sizeof *a);
+	struct sockaddr_storage peer;
+	socklen_t plen;
+
+	if (!a)
+		return -1;
+	a->c = c;
+	c->admitting = 1;
+	conn_peer(c, &peer, &plen);
+	admission_check(c->key, (struct sockaddr *)&peer, plen, admission_done, a);
+	return 0;
+}
+
+void handshake_admitted(struct worker *w)
+{
+	pthread_mutex_lock(&w->ready_mu);
+	struct admission_ask *list = w->admitted;
+	w->admitted = NULL;
+	pthread_mutex_unlock(&w->ready_mu);
+	while (list) {
+		struct admission_ask *a = list;
+		struct conn *c = a->c;
+		list = a->next;
+		if (c->admitting == 2) {
+			conn_free(c); /* closed while we asked: it waited only for this */
+		} else {
+			c->admitting = 0;
+			if (!a->allow)
+				conn_close(c, "not admitted");
+			else if (login_finish(c) != 0)
+				conn_close(c, "out of memory");
+			else if (conn_flush(c) == 0) {
+				/* Frames the client sent meanwhile wait in the buffer. */
+				c->read_more = 1;
+				worker_mark_ready(c);
+			}
+		}
+		free(a);
+	}
+}
+
+/* Admitted: register, ServerInfo, steady state. */
+static int login_finish(struct conn *c)
+{
+	char ks[8];
 
 	client_map_register(relay.map, &c->member);
 	c->registered = 1;

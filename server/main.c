@@ -9,10 +9,12 @@
 #include "acme/cert.h"
 #include "mesh/mesh.h"
 #include "metrics/httpd.h"
+#include "server/admission.h"
 #include "server/config.h"
 #include "server/key.h"
 #include "server/keyfile.h"
 #include "server/log.h"
+#include "server/ratelimit.h"
 #include "server/server.h"
 #include "stun/stun.h"
 
@@ -30,6 +32,23 @@ static void raise_fd_limit(void)
 	}
 	getrlimit(RLIMIT_NOFILE, &rl);
 	log_info("derpd: file descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
+/* --rate-config: load and apply; at start-up a bad file is fatal, on SIGHUP the old
+ * limits stay. */
+static int load_rate_config(const struct config *cfg)
+{
+	struct rate_config rc;
+	char err[256];
+
+	if (rate_config_load(cfg->rate_config, &rc, err, sizeof err) != 0) {
+		log_info("derpd: rate config: %s", err);
+		return -1;
+	}
+	server_set_rate_config(&rc);
+	log_info("rate config applied: client-rate=%llu bytes/sec, client-burst=%llu bytes",
+		 (unsigned long long)rc.bytes_per_sec, (unsigned long long)rc.burst);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -89,6 +108,12 @@ int main(int argc, char **argv)
 		log_info("derpd: HTTP: %s", err);
 		return 1;
 	}
+	if (cfg.rate_config[0] && load_rate_config(&cfg) != 0)
+		return 1;
+	if (admission_start(&cfg, err, sizeof err) != 0) {
+		log_info("derpd: %s", err);
+		return 1;
+	}
 	if (server_start(&cfg, priv, err, sizeof err) != 0) {
 		log_info("derpd: %s", err);
 		return 1;
@@ -102,9 +127,11 @@ int main(int argc, char **argv)
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
+			if (cfg.rate_config[0])
+				load_rate_config(&cfg);
 			if (certs)
 				cert_provider_reload(certs);
-			else
+			if (!cfg.rate_config[0] && !certs)
 				log_info("derpd: SIGHUP: nothing to reload; ignored");
 			continue;
 		}
@@ -114,6 +141,7 @@ int main(int argc, char **argv)
 	mesh_stop();
 	if (stun)
 		stun_stop(stun);
+	admission_stop(); /* pending logins are refused while the workers still run */
 	server_stop();
 	httpd_stop();
 	cert_provider_stop(certs);

@@ -14,6 +14,7 @@
 #include "server/client_map.h"
 #include "server/config.h"
 #include "server/forwarders.h"
+#include "server/ratelimit.h"
 #include "server/stats.h"
 
 /* ---- packets and send queues (sendq.c) ---- */
@@ -89,6 +90,11 @@ struct conn {
 	uint8_t read_more;
 	uint8_t read_large;     /* reads fill small chunks: use large ones */
 	uint8_t paused;         /* stop parsing: a receiver on another worker is catching up */
+	uint8_t admitting;      /* 1: admission asked; 2: closed meanwhile, freed on the answer */
+	uint8_t rate_charged;   /* this frame's tokens are taken (or being waited for) */
+	uint32_t rate_gen;      /* relay.rate_gen the bucket was set from */
+	int64_t rate_resume_ms; /* waiting for tokens: read nothing until then */
+	struct token_bucket tb; /* --rate-config receive limit (never for mesh peers) */
 	uint8_t is_watcher;     /* sent WatchConns: in relay.watchers */
 	uint8_t outbound;       /* our own client connection to a mesh peer */
 	uint8_t close_req;      /* atomic: another thread asked for this conn to close */      /* read budget ran out with data left: read again next turn */
@@ -157,6 +163,9 @@ int conn_flush(struct conn *c);
 int conn_ensure_space(struct conn *c);
 /* Handle a complete request head (http.c). Returns -1 if the connection was closed. */
 int conn_http(struct conn *c);
+struct admission_ask;
+/* Worker: act on the admission answers that arrived (handshake.c). */
+void handshake_admitted(struct worker *w);
 /* Handle the ClientInfo frame (handshake.c). Returns -1 on failure (caller closes). */
 int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len);
 
@@ -187,6 +196,7 @@ struct worker {
 	int nbatch_pool;
 	uint8_t *scratch;         /* WORKER_SCRATCH bytes for peeking request heads */
 	struct mesh_out *adopt;   /* outbound mesh connections to take on (under ready_mu) */
+	struct admission_ask *admitted; /* admission answers to act on (under ready_mu) */
 	struct conn **wheel;      /* timer wheel slots */
 	int64_t wheel_ms;         /* time up to which the wheel has been processed */
 } __attribute__((aligned(64)));
@@ -219,6 +229,9 @@ struct relay {
 	int nworkers;
 	int queue_depth;
 	int rtt_stats;         /* sample TCP RTT every 10 s (off by TS_DERP_DISABLE_RTT_STATS) */
+	pthread_mutex_t rate_mu;
+	struct rate_config rate; /* applied --rate-config (under rate_mu) */
+	uint32_t rate_gen;       /* atomic: bumped on every (re)load */
 	int64_t start_ms;
 	double memstats_sys0;
 	int port;              /* the bound listen port */

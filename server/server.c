@@ -19,7 +19,7 @@
 #define MAP_SHARDS 256
 #define NOTHERE_BURST 3.0
 
-struct relay relay;
+struct relay relay = { .rate_mu = PTHREAD_MUTEX_INITIALIZER };
 
 const char *const stats_drop_reason_name[DROP_NREASONS] = {
 	"unknown_dest", "unknown_dest_on_fwd", "gone_disconnected", "queue_head",
@@ -357,6 +357,15 @@ void server_stop(void)
 	mesh_serve_free();
 }
 
+void server_set_rate_config(const struct rate_config *rc)
+{
+	pthread_mutex_lock(&relay.rate_mu);
+	relay.rate = *rc;
+	pthread_mutex_unlock(&relay.rate_mu);
+	/* Each connection notices the new generation at its next frame. */
+	__atomic_add_fetch(&relay.rate_gen, 1, __ATOMIC_RELEASE);
+}
+
 int server_port(void)
 {
 	return relay.port;
@@ -400,6 +409,11 @@ void server_stats_sum(struct derp_stats_snapshot *snap)
 		snap->average_queue_duration_ms =
 			(double)snap->sum.queue_ns_sum / (double)snap->sum.queue_count / 1e6;
 	snap->memstats_sys0 = relay.memstats_sys0;
+	snap->rate_config = relay.cfg->rate_config && relay.cfg->rate_config[0];
+	pthread_mutex_lock(&relay.rate_mu);
+	snap->rate_bytes_per_sec = relay.rate.bytes_per_sec;
+	snap->rate_burst_bytes = relay.rate.burst;
+	pthread_mutex_unlock(&relay.rate_mu);
 }
 
 struct foreach_arg {

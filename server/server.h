@@ -11,8 +11,11 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 /* Stop accepting, close every connection, join the workers. */
 void server_stop(void);
 struct cert_provider;
+struct rate_config;
 /* TLS mode: where connections get their certificates (acme/cert.h). Before server_start. */
 void server_set_cert_provider(struct cert_provider *p);
+/* Apply a (re)loaded --rate-config to every connection, live ones included. */
+void server_set_rate_config(const struct rate_config *rc);
 /* The bound TCP port (useful with -a :0). */
 int server_port(void);
 

@@ -51,6 +51,7 @@ struct derp_stats {
 	uint64_t packet_forwarder_delete_other_value;
 	uint64_t sclient_write_timeouts;
 	uint64_t websocket_accepts;
+	uint64_t rate_limit_per_client_waited;
 	uint64_t packets_dropped[DROP_NREASONS][KIND_N];
 	uint64_t bytes_dropped[DROP_NREASONS][KIND_N];
 	uint64_t write_frames_bucket[STATS_WRITE_FRAMES_BUCKETS + 1]; /* non-cumulative; last = +Inf */
@@ -94,6 +95,8 @@ struct derp_stats_snapshot {
 	int64_t current_dup_client_keys;
 	int64_t current_dup_client_conns;
 	double average_queue_duration_ms;
+	int rate_config;                 /* --rate-config is set: the rate metrics exist */
+	uint64_t rate_bytes_per_sec, rate_burst_bytes;
 	double memstats_sys0;
 };
 

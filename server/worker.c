@@ -1,6 +1,7 @@
 /* One worker per CPU: its own SO_REUSEPORT listener, epoll set, timer wheel and ready
  * list. Every connection accepted here lives and dies on this thread. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -9,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "metrics/httpd.h"
 #include "server/frame.h"
 #include "server/log.h"
 #include "server/relay.h"
@@ -198,6 +200,34 @@ static void listen_pause(struct worker *w, int pause)
 	w->listen_paused = pause;
 }
 
+/* --accept-connection-limit/-burst: one token bucket across workers, TLS listener only, as
+ * derper. A refused connection is closed and counted; unlike derper (whose accept loop
+ * ends on it, taking the process down) derpd keeps accepting. */
+static int accept_allowed(void)
+{
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	static double tokens = -1;
+	static int64_t last;
+	const struct config *cfg = relay.cfg;
+	int64_t now = now_ms();
+	int ok;
+
+	if (isinf(cfg->accept_connection_limit) && cfg->accept_connection_limit > 0)
+		return 1;
+	pthread_mutex_lock(&mu);
+	if (tokens < 0)
+		tokens = (double)cfg->accept_connection_burst; /* starts full */
+	tokens += (double)(now - last) / 1000.0 * cfg->accept_connection_limit;
+	if (tokens > (double)cfg->accept_connection_burst)
+		tokens = (double)cfg->accept_connection_burst;
+	last = now;
+	ok = tokens >= 1.0;
+	if (ok)
+		tokens -= 1.0;
+	pthread_mutex_unlock(&mu);
+	return ok;
+}
+
 static void accept_some(struct worker *w)
 {
 	for (int i = 0; i < ACCEPT_BUDGET; i++) {
@@ -212,6 +242,14 @@ static void accept_some(struct worker *w)
 				listen_pause(w, 1);
 			}
 			return;
+		}
+		if (relay.cfg->tls) {
+			int ok = accept_allowed();
+			httpd_tls_listener_count(ok);
+			if (!ok) {
+				close(fd);
+				continue;
+			}
 		}
 		if (!conn_new(w, fd, (struct sockaddr *)&ss))
 			close(fd);
@@ -284,6 +322,8 @@ static void *worker_main(void *arg)
 		}
 		if (__atomic_load_n(&w->adopt, __ATOMIC_RELAXED))
 			mesh_out_adopt_pending(w);
+		if (__atomic_load_n(&w->admitted, __ATOMIC_RELAXED))
+			handshake_admitted(w);
 		ready_drain(w);
 		int64_t now = now_ms();
 		if (now - w->wheel_ms >= WHEEL_TICK_MS) {

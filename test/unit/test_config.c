@@ -354,12 +354,17 @@ static void test_float_int64(void **state)
 	for (size_t i = 0; i < sizeof dflt / sizeof dflt[0]; i++)
 		if (parse(&c, "-dev", dflt[i], NULL) != 0)
 			fail_msg("%s refused: %s", dflt[i], errbuf);
-	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit=10", NULL), 2);
-	assert_err_has("-accept-connection-limit is not supported yet");
+	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit=10", NULL), 0);
+	assert_true(c.accept_connection_limit == 10.0);
+	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit", "0.5", NULL), 0);
+	assert_true(c.accept_connection_limit == 0.5);
+	/* A rate must be a number >= 0: -inf and NaN would make no sense of the bucket. */
 	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit", "-inf", NULL), 2);
-	assert_err_has("-accept-connection-limit is not supported yet");
+	assert_err_has("-accept-connection-limit");
 	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit=nan", NULL), 2);
-	assert_err_has("-accept-connection-limit is not supported yet");
+	assert_err_has("-accept-connection-limit");
+	assert_int_equal(parse(&c, "-dev", "-accept-connection-burst=-1", NULL), 2);
+	assert_err_has("-accept-connection-burst");
 	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit=abc", NULL), 2);
 	assert_err_has("invalid value \"abc\" for flag -accept-connection-limit");
 	assert_int_equal(parse(&c, "-dev", "-accept-connection-limit=1e999", NULL), 2);
@@ -368,8 +373,8 @@ static void test_float_int64(void **state)
 	assert_err_has("invalid value");
 	assert_int_equal(parse(&c, "-dev", "-accept-connection-burst=9223372036854775808", NULL), 2);
 	assert_err_has("invalid value");
-	assert_int_equal(parse(&c, "-dev", "-accept-connection-burst=5", NULL), 2);
-	assert_err_has("-accept-connection-burst is not supported yet");
+	assert_int_equal(parse(&c, "-dev", "-accept-connection-burst=5", NULL), 0);
+	assert_int_equal(c.accept_connection_burst, 5);
 }
 
 static void test_duration_flags(void **state)
@@ -497,11 +502,7 @@ static void test_unsupported(void **state)
 		{ "-secrets-url=https://s", "-secrets-url" },
 		{ "-secrets-path-prefix=x", "-secrets-path-prefix" },
 		{ "-secrets-cache-dir=/x", "-secrets-cache-dir" },
-		{ "-verify-clients", "-verify-clients" }, { "-verify-client-url=http://x", "-verify-client-url" },
-		{ "-verify-client-url-fail-open=false", "-verify-client-url-fail-open" },
-		{ "-socket=/s", "-socket" }, { "-accept-connection-limit=1", "-accept-connection-limit" },
-		{ "-accept-connection-burst=1", "-accept-connection-burst" },
-		{ "-rate-config=/r.json", "-rate-config" }, { "--ace", "-ace" },
+		{ "--ace", "-ace" },
 	};
 	static const char *const dflt[] = {
 		"-acme-eab-kid=", "-acme-ip-certs=false", "-mesh-with=", "-secrets-path-prefix=prod/derp",
