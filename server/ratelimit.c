@@ -57,8 +57,8 @@ int rate_config_parse(const char *text, size_t len, struct rate_config *raw, cha
 		else if (strcasecmp(k, "PerClientRateBurstBytes") == 0)
 			dst = &rc.burst;
 		if (dst && take_uint(v, dst) != 0) {
-			json_decref(root);
 			snprintf(err, errlen, "error parsing rate config: %s is not an unsigned integer", k);
+			json_decref(root); /* k lives in root */
 			return -1;
 		}
 	}
