@@ -557,7 +557,7 @@ struct acme_client *acme_client_new(const char *dir_url, const char *ca_file, ec
 	snprintf(c->ca_file, sizeof c->ca_file, "%s", ca_file ? ca_file : "");
 	snprintf(c->email, sizeof c->email, "%s", email ? email : "");
 	snprintf(c->eab_kid, sizeof c->eab_kid, "%s", eab_kid ? eab_kid : "");
-	if (eab_len <= sizeof c->eab_key) {
+	if (eab_key && eab_len <= sizeof c->eab_key) {
 		memcpy(c->eab_key, eab_key, eab_len);
 		c->eab_len = eab_len;
 	}

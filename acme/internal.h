@@ -194,7 +194,7 @@ struct cert_provider {
 	struct tls_alpn_answer alpn[8];
 
 	/* manual mode */
-	char crt_path[4200], key_path[4200];
+	char crt_path[4400], key_path[4400];
 	uint8_t leaf_sha[32];
 
 	pthread_t thread;
