@@ -30,8 +30,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char dir[64], cadir[128], directory[128], ca_file[160];
-static pid_t pebble_pid, chall_pid;
+static char dir[64], cadir[128], directory[128], directory_eab[128], ca_file[160], dns[64];
+static pid_t pebble_pid, pebble_eab_pid, chall_pid;
+static int http_port, tls_port;
+/* pebble's EAB key for kid-1 (base64url, as a CA hands it out) */
+#define EAB_KEY "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
 static int http_fd = -1, tls_fd = -1, have_pebble;
 static struct cert_provider *volatile serving; /* what the TLS port hands out */
 static volatile int stopping;
@@ -186,10 +189,39 @@ static int wait_port(int port)
 	return -1;
 }
 
+/* One pebble instance; eab: require external account binding (kid-1). */
+static pid_t start_pebble(const char *name, int eab, char *dir_url, size_t len)
+{
+	char cfg[1400], path[256], conf[256];
+	int pport = free_port(), mport = free_port();
+	pid_t pid;
+
+	snprintf(cfg, sizeof cfg,
+		 "{\"pebble\": {\"listenAddress\": \"127.0.0.1:%d\", \"managementListenAddress\": "
+		 "\"127.0.0.1:%d\", \"certificate\": \"%s/cert.pem\", \"privateKey\": \"%s/key.pem\", "
+		 "\"httpPort\": %d, \"tlsPort\": %d, \"ocspResponderURL\": \"\", "
+		 "\"externalAccountBindingRequired\": %s, \"externalAccountMACKeys\": "
+		 "{\"kid-1\": \"" EAB_KEY "\"}}}", pport, mport, cadir, cadir, http_port, tls_port,
+		 eab ? "true" : "false");
+	snprintf(conf, sizeof conf, "%s/%s.json", cadir, name);
+	write_file(conf, cfg);
+	snprintf(path, sizeof path, "%s/%s.log", dir, name);
+	{
+		char *argv[] = { "pebble", "-config", conf, "-dnsserver", dns, NULL };
+		pid = spawn(argv, path);
+	}
+	snprintf(dir_url, len, "https://localhost:%d/dir", pport);
+	if (wait_port(pport) != 0) {
+		fprintf(stderr, "test_acme: pebble did not start (see %s)\n", path);
+		return -1;
+	}
+	return pid;
+}
+
 static int group_setup(void **state)
 {
-	char cfg[1024], path[256], dns[64], mgmt[64], log[256], conf[256];
-	int http_port, tls_port, dns_port = free_port(), pport = free_port(), mport = free_port();
+	char mgmt[64], log[256];
+	int dns_port = free_port();
 
 	(void)state;
 	signal(SIGPIPE, SIG_IGN);
@@ -221,27 +253,13 @@ static int group_setup(void **state)
 				 "-defaultIPv6", "", NULL };
 		chall_pid = spawn(argv, log);
 	}
-	snprintf(cfg, sizeof cfg,
-		 "{\"pebble\": {\"listenAddress\": \"127.0.0.1:%d\", \"managementListenAddress\": "
-		 "\"127.0.0.1:%d\", \"certificate\": \"%s/cert.pem\", \"privateKey\": \"%s/key.pem\", "
-		 "\"httpPort\": %d, \"tlsPort\": %d, \"ocspResponderURL\": \"\", "
-		 "\"externalAccountBindingRequired\": false}}", pport, mport, cadir, cadir, http_port,
-		 tls_port);
-	snprintf(conf, sizeof conf, "%s/pebble.json", cadir);
-	write_file(conf, cfg);
-	snprintf(path, sizeof path, "%s/pebble.log", dir);
 	setenv("PEBBLE_VA_NOSLEEP", "1", 1);
 	setenv("PEBBLE_WFE_NONCEREJECT", "25", 1);
-	{
-		char *argv[] = { "pebble", "-config", conf, "-dnsserver", dns, NULL };
-		pebble_pid = spawn(argv, path);
-	}
-	snprintf(directory, sizeof directory, "https://localhost:%d/dir", pport);
-	if (wait_port(pport) != 0 || wait_port(dns_port) != 0) {
-		fprintf(stderr, "test_acme: pebble did not start (see %s)\n", path);
+	if (wait_port(dns_port) != 0)
 		return -1;
-	}
-	return 0;
+	pebble_pid = start_pebble("pebble", 0, directory, sizeof directory);
+	pebble_eab_pid = start_pebble("pebble-eab", 1, directory_eab, sizeof directory_eab);
+	return pebble_pid > 0 && pebble_eab_pid > 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -250,6 +268,8 @@ static int group_teardown(void **state)
 	stopping = 1;
 	if (pebble_pid > 0)
 		kill(pebble_pid, SIGTERM), waitpid(pebble_pid, NULL, 0);
+	if (pebble_eab_pid > 0)
+		kill(pebble_eab_pid, SIGTERM), waitpid(pebble_eab_pid, NULL, 0);
 	if (chall_pid > 0)
 		kill(chall_pid, SIGTERM), waitpid(chall_pid, NULL, 0);
 	if (have_pebble) {
@@ -478,6 +498,31 @@ static void test_ip_cert(void **state)
 	cert_provider_stop(p);
 }
 
+/* -certmode gcp: external account binding (kid + MAC key) against a CA requiring it. */
+static void test_gcp_eab(void **state)
+{
+	struct config c;
+	struct cert_provider *p;
+	struct cert_info ci;
+	char err[512], certdir[128];
+
+	(void)state;
+	if (!have_pebble)
+		skip();
+	snprintf(certdir, sizeof certdir, "%s/gcp", dir);
+	cfg_init(&c, "derp-gcp.acme.test", certdir);
+	c.certmode = "gcp";
+	c.acme_directory = directory_eab;
+	c.acme_eab_kid = "kid-1";
+	c.acme_eab_key = EAB_KEY;
+	p = cert_provider_start(&c, server_pub, err, sizeof err);
+	assert_non_null(p);
+	serving = p;
+	assert_int_equal(wait_cert(p, "derp-gcp.acme.test", &ci), 0);
+	serving = NULL;
+	cert_provider_stop(p);
+}
+
 static void test_badnonce_seen(void **state)
 {
 	(void)state;
@@ -493,6 +538,7 @@ int main(void)
 		cmocka_unit_test(test_http01),
 		cmocka_unit_test(test_tlsalpn01),
 		cmocka_unit_test(test_ip_cert),
+		cmocka_unit_test(test_gcp_eab),
 		cmocka_unit_test(test_badnonce_seen),
 	};
 
