@@ -61,11 +61,11 @@ static const struct flag_def flags[] = {
 	FLAG("hostname", FT_STRING, hostname, 0, 1,
 	     "TLS host name for the certificate; may be an IP address with -certmode manual\n"
 	     "or -acme-ip-certs"),
-	FLAG("acme-eab-kid", FT_STRING, acme_eab_kid, 0, 0,
+	FLAG("acme-eab-kid", FT_STRING, acme_eab_kid, 0, 1,
 	     "ACME External Account Binding key ID (required for -certmode gcp)"),
-	FLAG("acme-eab-key", FT_STRING, acme_eab_key, 0, 0,
+	FLAG("acme-eab-key", FT_STRING, acme_eab_key, 0, 1,
 	     "ACME External Account Binding HMAC key, base64 (required for -certmode gcp)"),
-	FLAG("acme-email", FT_STRING, acme_email, 0, 0,
+	FLAG("acme-email", FT_STRING, acme_email, 0, 1,
 	     "ACME account contact e-mail (required for gcp, optional for letsencrypt)"),
 	FLAG("acme-ip-certs", FT_BOOL, acme_ip_certs, 0, 0,
 	     "get short-lived Let's Encrypt certificates for the server's own IP addresses\n"
@@ -123,9 +123,9 @@ static const struct flag_def flags[] = {
 	     "log per-connection detail"),
 	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
 	     "DERP keepalive frame period before per-connection jitter; must be > 0"),
-	FLAG("acme-directory", FT_STRING, acme_directory, 1, 0,
+	FLAG("acme-directory", FT_STRING, acme_directory, 1, 1,
 	     "ACME directory URL; empty: Let's Encrypt production (-certmode gcp: Google's)"),
-	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 0,
+	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 1,
 	     "PEM file of CA certificates trusted for the ACME server's HTTPS; empty: the\n"
 	     "system's"),
 	FLAG("metrics-addr", FT_STRING, metrics_addr, 1, 1,
