@@ -49,10 +49,18 @@ run() {
 	label=$1
 	shift
 	printf 'bench: %3ss  %-8s %s\n' "$(($(date +%s) - start))" "$label" "$*" >&2
-	if ! J=$("$BENCH" -q --no-progress --wait-quiet "$QUIET" --label "$label" "$@"); then
-		echo "bench: derpd-bench $* failed" >&2
-		exit 1
-	fi
+	for try in 1 2; do
+		if J=$("$BENCH" -q --no-progress --wait-quiet "$QUIET" --label "$label" "$@" \
+			2>"$OUT.err"); then
+			break
+		fi
+		rc=$?
+		cat "$OUT.err" >&2
+		echo "bench: derpd-bench $* failed (exit status $rc)" >&2
+		# a shared machine: someone else's cleanup may have killed it; once more
+		[ "$try" = 2 ] && exit 1
+	done
+	rm -f "$OUT.err"
 	printf '%s\n' "$J" >>"$OUT"
 }
 # jv KEY: the value of KEY in $J

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -56,11 +57,12 @@ static void die(const char *fmt, ...)
 	exit(1);
 }
 
+/* SIGTERM rather than SIGKILL: nginx's master then stops its workers too. */
 static void on_signal(int sig)
 {
 	for (int i = 0; i < 2; i++)
 		if (spawned[i] > 0)
-			kill(spawned[i], SIGKILL);
+			kill(spawned[i], SIGTERM);
 	_exit(128 + sig);
 }
 
@@ -378,6 +380,9 @@ static pid_t spawn(char *const argv[], const char *log)
 		dup2(lfd, 1);
 		dup2(lfd, 2);
 		signal(SIGPIPE, SIG_DFL);
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		prctl(PR_SET_PDEATHSIG, SIGTERM); /* the bench killed outright: stop too */
 		execvp(argv[0], argv);
 		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
