@@ -198,7 +198,9 @@ void conn_start_running(struct conn *c)
 	c->state = CS_RUNNING;
 	c->deadline_ms = 0;
 	c->keepalive_ms = now + relay.cfg->keepalive_ms + (int64_t)(random() % KEEPALIVE_JITTER_MS);
-	if (relay.rtt_stats) {
+	if (c->ws) {
+		STAT_ADD(&c->w->stats, tcp_rtt[RTT_NON_TCP], 1); /* as upstream for WebSocket */
+	} else if (relay.rtt_stats) {
 		if (rtt_sample(c->fd) < 0)
 			STAT_ADD(&c->w->stats, tcp_rtt[RTT_ERROR], 1);
 		else
@@ -335,6 +337,7 @@ void conn_free(struct conn *c)
 {
 	sentto_free(c->sent);
 	free(c->hll);
+	ws_free(c);
 	free(c->lbuf);
 	free(c);
 }

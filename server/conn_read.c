@@ -283,14 +283,18 @@ int conn_ensure_space(struct conn *c)
 	} else if (want > CHUNK_LARGE) {
 		want = CHUNK_LARGE;
 	}
+	if (c->ws)
+		want += 1024; /* WebSocket headers still to be squeezed out of the frame */
 	if (!c->rchunk) {
 		c->rchunk = chunk_get(want);
 		c->rstart = c->rend = 0;
+		ws_fresh_chunk(c);
 		return c->rchunk ? 0 : -1;
 	}
-	if (c->rend < c->rchunk->cap && c->rstart + want <= c->rchunk->cap)
+	uint32_t end = ws_data_end(c);
+	if (end < c->rchunk->cap && c->rstart + want <= c->rchunk->cap)
 		return 0;
-	uint32_t partial = c->rend - c->rstart;
+	uint32_t partial = end - c->rstart, moved = c->rstart;
 	if (!chunk_shared(c->rchunk) && want <= c->rchunk->cap) {
 		memmove(c->rchunk->data, c->rchunk->data + c->rstart, partial);
 	} else {
@@ -302,7 +306,8 @@ int conn_ensure_space(struct conn *c)
 		c->rchunk = nc;
 	}
 	c->rstart = 0;
-	c->rend = partial;
+	c->rend -= moved;
+	ws_shift(c, moved);
 	return 0;
 }
 
@@ -335,10 +340,10 @@ void conn_on_readable(struct conn *c)
 			conn_close(c, "out of memory");
 			return;
 		}
-		uint32_t room = c->rchunk->cap - c->rend;
-		ssize_t n = conn_recv(c, c->rchunk->data + c->rend, room);
+		uint32_t at = ws_data_end(c), room = c->rchunk->cap - at;
+		ssize_t n = conn_recv(c, c->rchunk->data + at, room);
 		if (n == 0) {
-			conn_close(c, c->rend > c->rstart || c->discard ? "EOF mid-frame" : "EOF");
+			conn_close(c, ws_data_end(c) > c->rstart || c->discard ? "EOF mid-frame" : "EOF");
 			return;
 		}
 		if (n < 0) {
@@ -349,7 +354,12 @@ void conn_on_readable(struct conn *c)
 			conn_close(c, strerror(errno));
 			return;
 		}
-		c->rend += (uint32_t)n;
+		if (c->ws) {
+			if (ws_ingest(c, (uint32_t)n) != 0)
+				return;
+		} else {
+			c->rend += (uint32_t)n;
+		}
 		if ((uint32_t)n == room)
 			c->read_large = 1;
 		else if (n < CHUNK_SMALL / 2)
@@ -366,7 +376,7 @@ void conn_on_readable(struct conn *c)
 		}
 	}
 	/* Idle connections hold no buffer. */
-	if (c->rchunk && c->rstart == c->rend) {
+	if (c->rchunk && c->rstart == ws_data_end(c)) {
 		chunk_put(c->rchunk);
 		c->rchunk = NULL;
 	}

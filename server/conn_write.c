@@ -62,10 +62,25 @@ static struct outbatch *build_batch(struct conn *c, int *mesh_batches)
 		}
 		more |= qmore | c->pong_pending;
 	}
+	if (c->ws)
+		b->niov = 1; /* iov[0]: the WebSocket framing, filled in below */
 	if (b->ctrl_len)
 		b->iov[b->niov++] = (struct iovec){ b->ctrl, b->ctrl_len };
 	for (int i = 0; i < b->npkt; i++)
 		b->iov[b->niov++] = (struct iovec){ b->pkt[i].frame, b->pkt[i].len };
+	if (c->ws) {
+		/* The whole batch is one binary message, after any pong/close frames. */
+		uint64_t data = 0;
+		for (int i = 1; i < b->niov; i++)
+			data += b->iov[i].iov_len;
+		size_t pre = ws_batch_prefix(c, b->wspre, sizeof b->wspre, data);
+		if (pre)
+			b->iov[0] = (struct iovec){ b->wspre, pre };
+		else
+			b->iov_idx = 1; /* nothing to frame: skip the empty slot */
+		if (b->iov_idx == b->niov)
+			b->niov = b->iov_idx = 0;
+	}
 	b->nframes += b->npkt;
 	/* Packets feed the distinct-sender estimate (/debug/traffic UniqueSenders). */
 	if (b->npkt && !c->hll)
@@ -161,6 +176,10 @@ int conn_flush(struct conn *c)
 		}
 		c->out = NULL;
 		batch_done(c, b);
+		if (ws_closing(c) && !ws_pending(c)) {
+			conn_close(c, "WebSocket closed");
+			return -1;
+		}
 	}
 	note_mesh_loops(c, mesh_batches);
 	worker_mark_ready(c); /* more than one turn's worth: continue next turn */

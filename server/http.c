@@ -40,9 +40,11 @@ static void derp_upgrade(struct conn *c, const struct http_req *r)
 
 /* Is this request one the relay keeps? Everything else, malformed requests included,
  * belongs to the HTTP server, which answers it as derper would. */
+static int is_websocket_derp(const struct http_req *r);
+
 static int is_derp_upgrade(const struct http_req *r)
 {
-	if (!relay.cfg->run_derp || !http_str_ieq(r->path, "/derp"))
+	if (!relay.cfg->run_derp || !http_str_ieq(r->path, "/derp") || is_websocket_derp(r))
 		return 0;
 	/* "websocket" without the derp subprotocol: very old clients spoke raw DERP that way. */
 	return http_str_ieq(r->upgrade, "derp") || http_str_ieq(r->upgrade, "websocket");
@@ -119,18 +121,7 @@ int conn_http(struct conn *c)
 	int hl = http_head_parse(buf, (size_t)n, &r);
 	if (hl == 0 && n < WORKER_SCRATCH)
 		return 0; /* wait for the rest of the head */
-	if (hl > 0 && is_websocket_derp(&r)) {
-		static const char resp[] = "HTTP/1.1 501 Not Implemented\r\n"
-					   "Content-Type: text/plain; charset=utf-8\r\n"
-					   "Connection: close\r\nContent-Length: 48\r\n\r\n"
-					   "derpd: DERP over WebSocket is not supported yet\n";
-		struct iovec v = { (void *)resp, sizeof resp - 1 };
-		if (conn_writev(c, &v, 1) < 0)
-			log_debug("derpd: conn %llu: %s", (unsigned long long)c->id, strerror(errno));
-		conn_close(c, "WebSocket DERP not supported yet");
-		return -1;
-	}
-	if (hl <= 0 || !is_derp_upgrade(&r)) {
+	if (hl <= 0 || (!is_derp_upgrade(&r) && !is_websocket_derp(&r))) {
 		if (c->ssl)
 			bridge_start(c);
 		else
@@ -144,6 +135,17 @@ int conn_http(struct conn *c)
 	else if (recv(c->fd, buf, (size_t)hl, 0) != hl) {
 		conn_close(c, "short read of request head");
 		return -1;
+	}
+	if (is_websocket_derp(&r)) {
+		/* No 101-with-DERP-headers and no fast start: ServerKey comes inside the first
+		 * binary message; Ideal-Node is ignored on this path (as upstream). */
+		uint8_t sk[45];
+		if (ws_upgrade(c, &r) != 0 || c->state == CS_CLOSED)
+			return -1;
+		STAT_ADD(&c->w->stats, accepts, 1);
+		conn_queue_local(c, sk, (uint32_t)frame_server_key(sk, relay.pub));
+		conn_start_handshake(c);
+		return 0;
 	}
 	derp_upgrade(c, &r);
 	return 0;

@@ -126,6 +126,10 @@ int http_head_parse(const char *buf, size_t len, struct http_req *r)
 			keep_first(&r->transfer_encoding, v, vn);
 		else if (http_str_ieq(name, "Host"))
 			keep_first(&r->host, v, vn);
+		else if (http_str_ieq(name, "Sec-WebSocket-Key"))
+			keep_first(&r->ws_key, v, vn);
+		else if (http_str_ieq(name, "Sec-WebSocket-Version"))
+			keep_first(&r->ws_version, v, vn);
 	}
 	return 0;
 }

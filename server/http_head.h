@@ -14,7 +14,7 @@ struct http_req {
 	int major, minor;
 	/* First occurrence of each header (Go's Header.Get), value trimmed. */
 	struct http_str upgrade, fast_start, ideal_node, ws_protocol, connection,
-		content_length, transfer_encoding, host;
+		content_length, transfer_encoding, host, ws_key, ws_version;
 	size_t head_len; /* bytes up to and including the blank line */
 };
 

@@ -67,15 +67,17 @@ enum conn_state { CS_HTTP, CS_HANDSHAKE, CS_RUNNING, CS_BRIDGE, CS_CLOSED };
 
 #define BATCH_PKTS 64
 #define BATCH_CTRL 4096
+#define BATCH_WSPRE 528 /* WebSocket control frames + one binary message header */
 
 /* Output in flight: control bytes then packet frames, written with one writev. */
 struct outbatch {
 	struct outbatch *next; /* worker pool */
 	int niov, iov_idx, npkt, nframes;
 	uint32_t ctrl_len;
-	struct iovec iov[BATCH_PKTS + 1];
+	struct iovec iov[BATCH_PKTS + 2];
 	struct pkt pkt[BATCH_PKTS];
 	uint8_t ctrl[BATCH_CTRL];
+	uint8_t wspre[BATCH_WSPRE];
 };
 
 struct sentto;
@@ -134,6 +136,7 @@ struct conn {
 	uint8_t *tls_wbuf;      /* a write wolfSSL asked to be repeated */
 	uint32_t tls_wlen;
 	struct bridge *bridge;  /* plain HTTP over TLS, carried to libmicrohttpd */
+	struct ws_conn *ws;     /* DERP over WebSocket (ws_conn.c) */
 
 	struct conn *ready_next;
 	struct conn *next, *prev; /* worker's list of all its conns */
@@ -178,6 +181,19 @@ ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n); /* writev(2
 void tls_conn_end(struct conn *c);
 int bridge_start(struct conn *c);         /* hand this TLS connection's HTTP over */
 void bridge_pump(struct conn *c);
+
+/* ---- WebSocket (ws_conn.c) ---- */
+
+struct http_req;
+int ws_upgrade(struct conn *c, const struct http_req *r); /* -1 if closed */
+uint32_t ws_data_end(const struct conn *c);  /* end of buffered bytes, raw ones included */
+void ws_shift(struct conn *c, uint32_t by);  /* the read chunk's bytes moved down by `by` */
+void ws_fresh_chunk(struct conn *c);         /* a new, empty read chunk */
+int ws_ingest(struct conn *c, uint32_t n);   /* n raw bytes arrived; -1 if closed */
+size_t ws_batch_prefix(struct conn *c, uint8_t *out, size_t cap, uint64_t data_len);
+int ws_pending(const struct conn *c);        /* control frames wait to be written */
+int ws_closing(const struct conn *c);        /* hang up once the output is written */
+void ws_free(struct conn *c);
 
 /* ---- workers (worker.c) ---- */
 
