@@ -386,6 +386,20 @@ void client_map_each_of(struct client_map *m, const uint8_t key[32],
 	pthread_mutex_unlock(&s->mu);
 }
 
+void client_map_foreach_active(struct client_map *m,
+			       void (*fn)(void *arg, struct cm_member *mem), void *arg)
+{
+	for (unsigned i = 0; i < m->nshards; i++) {
+		struct shard *s = &m->shards[i];
+		pthread_mutex_lock(&s->mu);
+		for (uint32_t b = 0; b < s->nbuckets; b++)
+			for (struct entry *e = s->buckets[b]; e; e = e->next)
+				if (e->active)
+					fn(arg, e->active);
+		pthread_mutex_unlock(&s->mu);
+	}
+}
+
 void client_map_foreach(struct client_map *m, void (*fn)(void *arg, struct cm_member *mem),
 			void *arg)
 {

@@ -58,6 +58,10 @@ int client_map_count(struct client_map *m, const uint8_t key[32]);
 void client_map_each_of(struct client_map *m, const uint8_t key[32],
 			void (*fn)(void *owner, void *arg), void *arg);
 
+/* Visit every key's active member (keys with none are skipped), each under its shard lock. */
+void client_map_foreach_active(struct client_map *m,
+			       void (*fn)(void *arg, struct cm_member *mem), void *arg);
+
 /* Visit every member, shard by shard, each under its shard lock. */
 void client_map_foreach(struct client_map *m, void (*fn)(void *arg, struct cm_member *mem),
 			void *arg);

@@ -125,6 +125,9 @@ static size_t present_frame(uint8_t f[56], const struct conn *c)
 	return frame_peer_present(f, c->key, c->ip16, c->port, mesh_present_flags(c));
 }
 
+static void rsent_merge(const uint8_t key[32], const struct sentto *set);
+static void region_gone_with(const uint8_t key[32], const struct sentto *also);
+
 void mesh_on_register(struct conn *c)
 {
 	uint8_t f[56];
@@ -146,13 +149,21 @@ void mesh_on_unregister(struct conn *c, int last)
 		c->is_watcher = 0;
 		STAT_ADD(&c->w->stats, watchers, -1);
 	}
-	if (!last)
-		return; /* a duplicate left while others remain: nothing to announce */
+	/* Who heard from this connection is remembered per key (upstream's sentTo is keyed by
+	 * sender key): while the key is still in the region (another connection of it here,
+	 * or a mesh peer reaching it) the record outlives the connection. */
+	if (!last) {
+		rsent_merge(c->key, c->sent); /* a duplicate left: nothing to announce */
+		return;
+	}
 	uint8_t f[38];
 	broadcast(f, (uint8_t)frame_peer_gone(f, c->key, PEER_GONE_DISCONNECTED));
-	/* Left the region unless a mesh peer still reaches it: tell its receivers. */
-	if (fwd_local_gone(relay.fwd, c->key))
-		relay_peer_gone(c);
+	if (fwd_local_gone(relay.fwd, c->key)) {
+		/* Left the region: tell everyone it delivered to, once each. */
+		region_gone_with(c->key, c->sent);
+	} else {
+		rsent_merge(c->key, c->sent);
+	}
 }
 
 static void flood_one(void *arg, struct cm_member *m)
@@ -188,8 +199,8 @@ void mesh_watch(struct conn *c)
 	}
 	pthread_mutex_unlock(&mesh.watch_mu);
 	/* Joined first, flooded second: a client registering meanwhile may be announced
-	 * twice but never missed. */
-	client_map_foreach(relay.map, flood_one, c);
+	 * twice but never missed. One PeerPresent per key, for its active connection. */
+	client_map_foreach_active(relay.map, flood_one, c);
 }
 
 /* ---- ClosePeer ---- */
@@ -233,8 +244,9 @@ static unsigned rsent_shard(const uint8_t key[32])
 	return key[0] % RSENT_SHARDS;
 }
 
-static void rsent_note(const uint8_t src[32], const uint8_t dst[32], uint64_t id)
+static void rsent_note(const void *src_key, const uint8_t dst[32], uint64_t id)
 {
+	const uint8_t *src = src_key;
 	unsigned sh = rsent_shard(src);
 
 	pthread_mutex_lock(&mesh.rsent[sh].mu);
@@ -246,8 +258,25 @@ static void rsent_note(const uint8_t src[32], const uint8_t dst[32], uint64_t id
 	pthread_mutex_unlock(&mesh.rsent[sh].mu);
 }
 
-/* key has left the region: PeerGone to whoever got its forwarded packets. */
-static void region_gone(const uint8_t key[32])
+static void merge_one(void *arg, const uint8_t dst[32], uint64_t id)
+{
+	rsent_note(arg, dst, id);
+}
+
+static void rsent_merge(const uint8_t key[32], const struct sentto *set)
+{
+	sentto_foreach(set, merge_one, (void *)key);
+}
+
+/* key has left the region: PeerGone to whoever got its packets through a connection
+ * that is gone (forwarded, or sent by an earlier connection of the key). */
+static void merge_into(void *arg, const uint8_t dst[32], uint64_t id)
+{
+	sentto_note(arg, dst, id);
+}
+
+/* also: the leaving connection's own record, if any; a receiver in both hears once. */
+static void region_gone_with(const uint8_t key[32], const struct sentto *also)
 {
 	unsigned sh = rsent_shard(key);
 	struct rsent *r;
@@ -258,11 +287,19 @@ static void region_gone(const uint8_t key[32])
 	if (r)
 		*pp = r->next;
 	pthread_mutex_unlock(&mesh.rsent[sh].mu);
-	if (!r)
+	if (!r) {
+		relay_send_gone(key, also); /* the common case: no earlier record */
 		return;
+	}
+	sentto_foreach(also, merge_into, &r->set);
 	relay_send_gone(key, r->set);
 	sentto_free(r->set);
 	free(r);
+}
+
+static void region_gone(const uint8_t key[32])
+{
+	region_gone_with(key, NULL);
 }
 
 void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len)
