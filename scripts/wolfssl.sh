@@ -142,6 +142,10 @@ EOF
 }
 
 hash=$(printf '%s' "$OPTS" | sha256sum | cut -c1-8)
+# One build at a time (parallel makes of several build directories share the cache).
+mkdir -p "$cache"
+exec 9>"$cache/wolfssl.lock"
+flock 9
 # Offline or no deb-src reachable: reuse the newest cached build rather than fail.
 ver=$(source_version || true)
 if [ -z "$ver" ]; then
