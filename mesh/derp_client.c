@@ -1,5 +1,6 @@
 /* DERP client: handshake, framing and messages (spec PROTOCOL.md §3.1, §6, §12). */
 #include "mesh/derp_client.h"
+#include "mesh/client_tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +30,7 @@
 
 struct derp_client {
 	int fd;
+	struct WOLFSSL *ssl;      /* TLS session, or NULL for plain HTTP */
 	int timeout_ms;
 	int fast_start;
 	uint8_t priv[32], pub[32], server_key[32];
@@ -134,7 +136,9 @@ static int read_more(struct derp_client *c, size_t want, int64_t deadline)
 		c->rcap = ncap;
 	}
 	for (;;) {
-		ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+		short want = POLLIN;
+		ssize_t n = c->ssl ? client_tls_read(c->ssl, c->rbuf + c->rlen, c->rcap - c->rlen, &want)
+				   : recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
 		if (n > 0) {
 			c->rlen += (size_t)n;
 			return 0;
@@ -153,7 +157,7 @@ static int read_more(struct derp_client *c, size_t want, int64_t deadline)
 			set_err("recv: %s", strerror(errno));
 			return DERP_CLIENT_ERROR;
 		}
-		int r = wait_fd(c->fd, POLLIN, deadline);
+		int r = wait_fd(c->fd, want, deadline);
 		if (r)
 			return r;
 	}
@@ -208,12 +212,15 @@ static int write_iov(struct derp_client *c, const struct iovec *in, int nin)
 	struct iovec *v = iov;
 	while (n > 0) {
 		struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)n };
-		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+		short want = POLLOUT;
+		/* TLS: one record per buffer; these are tests and mesh control traffic. */
+		ssize_t w = c->ssl ? client_tls_write(c->ssl, v->iov_base, v->iov_len, &want)
+				   : sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 		if (w < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				int r = wait_fd(c->fd, POLLOUT, deadline);
+				int r = wait_fd(c->fd, want, deadline);
 				if (r)
 					return r;
 				continue;
@@ -608,6 +615,27 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 	}
 	if (o->timeout_ms > 0)
 		c->timeout_ms = o->timeout_ms;
+	if (o->tls) {
+		struct client_tls_opts to = { o->tls_server_name ? o->tls_server_name : host,
+					      o->tls_ca_file, o->tls_insecure, o->tls_max_version };
+		char terr[256];
+		int64_t dl = deadline_after(c->timeout_ms);
+		/* host may be "name:port": the TLS name is the part before the port. */
+		char name[256];
+		if (!o->tls_server_name) {
+			snprintf(name, sizeof name, "%s", host);
+			char *colon = strrchr(name, ':');
+			if (colon && name[0] != '[')
+				*colon = '\0';
+			to.server_name = name;
+		}
+		c->ssl = client_tls_start(fd, &to, dl / 1000000, terr, sizeof terr);
+		if (!c->ssl) {
+			set_err("%s", terr);
+			derp_client_close(c);
+			return NULL;
+		}
+	}
 	c->fast_start = o->fast_start;
 	c->is_prober = o->is_prober;
 	if (o->mesh_key) {
@@ -697,6 +725,8 @@ void derp_client_close(struct derp_client *c)
 {
 	if (!c)
 		return;
+	if (c->ssl)
+		client_tls_free(c->ssl);
 	if (c->fd >= 0)
 		close(c->fd);
 	sodium_memzero(c->priv, sizeof c->priv);
@@ -723,6 +753,26 @@ int derp_client_detach(struct derp_client *c, uint8_t *buf, size_t cap, size_t *
 	c->fd = -1;
 	derp_client_close(c);
 	return fd;
+}
+
+int derp_client_detach_tls(struct derp_client *c, struct WOLFSSL **ssl, uint8_t *buf,
+			   size_t cap, size_t *len)
+{
+	struct WOLFSSL *s = c->ssl;
+
+	c->ssl = NULL; /* not freed by the close inside detach */
+	int fd = derp_client_detach(c, buf, cap, len);
+	if (fd < 0) {
+		c->ssl = s;
+		return -1;
+	}
+	*ssl = s;
+	return fd;
+}
+
+int derp_client_tls_version(const struct derp_client *c)
+{
+	return c->ssl ? client_tls_version(c->ssl) : 0;
 }
 
 /* ---- steady state ------------------------------------------------------------- */
@@ -846,5 +896,5 @@ void derp_client_set_timeout(struct derp_client *c, int timeout_ms)
 
 size_t derp_client_buffered(const struct derp_client *c)
 {
-	return c->rlen - c->rpos - c->consumed;
+	return c->rlen - c->rpos - c->consumed + (c->ssl ? client_tls_pending(c->ssl) : 0);
 }

@@ -37,6 +37,15 @@ struct derp_client_opts {
 	const char *info_json;
 	size_t info_json_len;        /* 0 = strlen(info_json) */
 	int rcvbuf;                  /* SO_RCVBUF before connecting (0 = kernel default) */
+	/* DERP over TLS (https://host/derp): ALPN http/1.1, SNI = tls_server_name unless it
+	 * is an IP literal (as Go), certificate verified against tls_ca_file (NULL = the
+	 * system's roots) unless tls_insecure. tls_max_version: 0 = up to 1.3, 2 = 1.2,
+	 * 1 = 1.1 (to test that a server refuses it). */
+	int tls;
+	const char *tls_server_name; /* NULL = host */
+	const char *tls_ca_file;
+	int tls_insecure;
+	int tls_max_version;
 	int timeout_ms;              /* per-call timeout, 0 = DERP_CLIENT_DEFAULT_TIMEOUT_MS */
 };
 
@@ -104,6 +113,13 @@ void derp_client_close(struct derp_client *c);
  * derp_client_buffered() for the size needed), frees c and returns the still-open fd.
  * Returns -1 and leaves c untouched if they do not fit or a fast-start request is still
  * unsent. */
+/* derp_client_detach for a TLS client: also hands over the wolfSSL session (*ssl), which
+ * may hold decrypted bytes of its own; the new owner frees it with wolfSSL_free. */
+struct WOLFSSL;
+int derp_client_detach_tls(struct derp_client *c, struct WOLFSSL **ssl, uint8_t *buf,
+			   size_t cap, size_t *len);
+/* The negotiated TLS version (0x0303 = 1.2, 0x0304 = 1.3), or 0 without TLS. */
+int derp_client_tls_version(const struct derp_client *c);
 int derp_client_detach(struct derp_client *c, uint8_t *buf, size_t cap, size_t *len);
 
 /* Accessors. */

@@ -51,7 +51,23 @@ static void set_tcp_options(int fd)
 	}
 }
 
+static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *sa,
+			       int server_tls, struct WOLFSSL *client_ssl);
+
 struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa)
+{
+	return conn_setup(w, fd, sa, relay.cfg->tls, NULL);
+}
+
+/* Our own connection to a mesh peer: no server-side TLS, maybe a client session. */
+struct conn *conn_new_outbound(struct worker *w, int fd, const struct sockaddr *sa,
+			       struct WOLFSSL *ssl)
+{
+	return conn_setup(w, fd, sa, 0, ssl);
+}
+
+static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *sa,
+			       int server_tls, struct WOLFSSL *client_ssl)
 {
 	struct conn *c = calloc(1, sizeof *c);
 	struct epoll_event ev;
@@ -83,7 +99,11 @@ struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa)
 		w->conns->prev = c;
 	w->conns = c;
 	c->deadline_ms = c->created_ms + HTTP_HEAD_TIMEOUT_MS;
-	if (relay.cfg->tls) {
+	if (client_ssl) {
+		c->ssl = client_ssl;
+		c->tls_done = 1;
+		c->outbound = 1; /* before anything could count it as a server-side TLS request */
+	} else if (server_tls) {
 		if (tls_conn_start(c) != 0) {
 			conn_close(c, "TLS: out of memory");
 			return c;

@@ -2,6 +2,9 @@
  * watchers, ClosePeer, ForwardPacket in, forwarding out over outbound mesh connections,
  * and those connections' PeerPresent/PeerGone streams. mesh/ dials the peers; once logged
  * in, a connection is adopted by a worker and lives like any other. */
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -23,6 +26,7 @@
 struct mesh_out {
 	struct mesh_out *next;  /* a worker's adopt list */
 	int fd;
+	struct WOLFSSL *ssl;    /* dialled over TLS: the client session */
 	uint8_t *buf;
 	size_t len;
 	char name[128];
@@ -391,14 +395,23 @@ int mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *
 int server_mesh_adopt(int fd, const uint8_t *buf, size_t len, const char *name,
 		      void (*on_closed)(void *arg), void *arg)
 {
+	return server_mesh_adopt_tls(fd, NULL, buf, len, name, on_closed, arg);
+}
+
+int server_mesh_adopt_tls(int fd, struct WOLFSSL *ssl, const uint8_t *buf, size_t len,
+			  const char *name, void (*on_closed)(void *arg), void *arg)
+{
 	struct mesh_out *mo = calloc(1, sizeof *mo);
 
 	if (!mo || !relay.workers || (len && !(mo->buf = malloc(len)))) {
 		free(mo);
+		if (ssl)
+			wolfSSL_free(ssl);
 		close(fd);
 		return -1;
 	}
 	mo->fd = fd;
+	mo->ssl = ssl;
 	if (len)
 		memcpy(mo->buf, buf, len);
 	mo->len = len;
@@ -423,8 +436,10 @@ static void adopt_one(struct worker *w, struct mesh_out *mo)
 	memset(&ss, 0, sizeof ss);
 	if (getpeername(mo->fd, (struct sockaddr *)&ss, &sl) != 0)
 		ss.ss_family = AF_INET6;
-	struct conn *c = conn_new(w, mo->fd, (struct sockaddr *)&ss);
+	struct conn *c = conn_new_outbound(w, mo->fd, (struct sockaddr *)&ss, mo->ssl);
 	if (!c) {
+		if (mo->ssl)
+			wolfSSL_free(mo->ssl);
 		close(mo->fd);
 		mo->on_closed(mo->arg);
 		free(mo->buf);

@@ -144,7 +144,10 @@ struct conn {
 
 struct mesh_out;
 
+struct WOLFSSL;
 struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *sa);
+struct conn *conn_new_outbound(struct worker *w, int fd, const struct sockaddr *sa,
+			       struct WOLFSSL *ssl);
 void conn_on_readable(struct conn *c);
 void conn_on_writable(struct conn *c);
 void conn_on_timer(struct conn *c, int64_t now);

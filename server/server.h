@@ -54,5 +54,11 @@ int server_have_mesh_key(void);
  * fd closed and on_closed not called. */
 int server_mesh_adopt(int fd, const uint8_t *buf, size_t len, const char *name,
 		      void (*on_closed)(void *arg), void *arg);
+/* The same for a connection dialled over TLS (https://host/derp): ssl is the established
+ * wolfSSL client session on fd (it may hold decrypted bytes of its own); the worker reads
+ * and writes through it and frees it. */
+struct WOLFSSL;
+int server_mesh_adopt_tls(int fd, struct WOLFSSL *ssl, const uint8_t *buf, size_t len,
+			  const char *name, void (*on_closed)(void *arg), void *arg);
 
 #endif

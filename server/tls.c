@@ -164,7 +164,7 @@ ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n)
 void tls_conn_end(struct conn *c)
 {
 	if (c->ssl) {
-		if (c->tls_done)
+		if (c->tls_done && !c->outbound)
 			httpd_tls_request_end((enum httpd_tls_version)c->tls_version);
 		wolfSSL_free(c->ssl);
 		c->ssl = NULL;

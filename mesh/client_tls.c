@@ -1,0 +1,161 @@
+#include "mesh/client_tls.h"
+
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int is_ip(const char *s)
+{
+	unsigned char b[16];
+
+	return inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
+}
+
+struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_t deadline_ms,
+				 char *err, size_t errlen)
+{
+	static char alpn[] = "http/1.1";
+	WOLFSSL_METHOD *method = o->max_version == 1 ? wolfTLSv1_1_client_method()
+			       : o->max_version == 2 ? wolfTLSv1_2_client_method()
+						     : wolfSSLv23_client_method();
+	WOLFSSL_CTX *ctx;
+	WOLFSSL *ssl = NULL;
+
+	wolfSSL_Init();
+	if (!method || !(ctx = wolfSSL_CTX_new(method))) {
+		snprintf(err, errlen, "TLS: cannot create a context for that version");
+		return NULL;
+	}
+	if (o->insecure) {
+		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
+	} else {
+		int ok = o->ca_file ? wolfSSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
+				    : wolfSSL_CTX_load_system_CA_certs(ctx);
+		if (ok != WOLFSSL_SUCCESS) {
+			snprintf(err, errlen, "TLS: cannot load CA certificates %s",
+				 o->ca_file ? o->ca_file : "(system)");
+			goto fail;
+		}
+		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
+	}
+	if (!(ssl = wolfSSL_new(ctx)))
+		goto oom;
+	wolfSSL_set_fd(ssl, fd);
+	if (o->server_name && *o->server_name) {
+		/* Go sends no SNI for an IP literal, but still checks the IP against the cert. */
+		if (!is_ip(o->server_name) &&
+		    wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, o->server_name,
+				   (unsigned short)strlen(o->server_name)) != WOLFSSL_SUCCESS)
+			goto oom;
+		/* A DNS name is checked inside the handshake; an IP address after it. */
+		if (!o->insecure && !is_ip(o->server_name) &&
+		    wolfSSL_check_domain_name(ssl, o->server_name) != WOLFSSL_SUCCESS)
+			goto oom;
+	}
+	wolfSSL_UseALPN(ssl, alpn, sizeof alpn - 1, WOLFSSL_ALPN_FAILED_ON_MISMATCH);
+	for (;;) {
+		int r = wolfSSL_connect(ssl);
+		if (r == WOLFSSL_SUCCESS)
+			break;
+		int e = wolfSSL_get_error(ssl, r);
+		if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE) {
+			char msg[WOLFSSL_MAX_ERROR_SZ];
+			snprintf(err, errlen, "TLS handshake: %s",
+				 wolfSSL_ERR_error_string((unsigned long)e, msg));
+			goto fail;
+		}
+		struct pollfd p = { .fd = fd,
+				    .events = e == WOLFSSL_ERROR_WANT_READ ? POLLIN : POLLOUT };
+		int64_t left = deadline_ms - mono_ms();
+		if (left <= 0 || poll(&p, 1, (int)left) == 0) {
+			snprintf(err, errlen, "TLS handshake: timed out");
+			goto fail;
+		}
+	}
+	if (!o->insecure && o->server_name && is_ip(o->server_name)) {
+		WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(ssl);
+		int ok = x && wolfSSL_X509_check_ip_asc(x, o->server_name, 0) == 1;
+		wolfSSL_X509_free(x);
+		if (!ok) {
+			snprintf(err, errlen, "TLS: certificate not valid for %s", o->server_name);
+			goto fail;
+		}
+	}
+	/* The session keeps its own reference to the context. */
+	wolfSSL_CTX_free(ctx);
+	return ssl;
+oom:
+	snprintf(err, errlen, "TLS: setup failed");
+fail:
+	if (ssl)
+		wolfSSL_free(ssl);
+	wolfSSL_CTX_free(ctx);
+	return NULL;
+}
+
+static ssize_t map_error(WOLFSSL *ssl, int r, short *want)
+{
+	int e = wolfSSL_get_error(ssl, r);
+
+	if (e == WOLFSSL_ERROR_WANT_READ || e == WOLFSSL_ERROR_WANT_WRITE) {
+		*want = e == WOLFSSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+		errno = EAGAIN;
+		return -1;
+	}
+	if (e == WOLFSSL_ERROR_ZERO_RETURN || e == SOCKET_PEER_CLOSED_E)
+		return 0;
+	errno = ECONNRESET;
+	return -1;
+}
+
+ssize_t client_tls_read(struct WOLFSSL *ssl, void *buf, size_t len, short *want)
+{
+	int r = wolfSSL_read(ssl, buf, (int)len);
+
+	return r > 0 ? r : map_error(ssl, r, want);
+}
+
+ssize_t client_tls_write(struct WOLFSSL *ssl, const void *buf, size_t len, short *want)
+{
+	int r = wolfSSL_write(ssl, buf, (int)len);
+
+	if (r > 0)
+		return r;
+	ssize_t m = map_error(ssl, r, want);
+	if (m == 0) {
+		errno = EPIPE;
+		return -1;
+	}
+	return m;
+}
+
+size_t client_tls_pending(struct WOLFSSL *ssl)
+{
+	int n = wolfSSL_pending(ssl);
+
+	return n > 0 ? (size_t)n : 0;
+}
+
+int client_tls_version(struct WOLFSSL *ssl)
+{
+	return wolfSSL_version(ssl);
+}
+
+void client_tls_free(struct WOLFSSL *ssl)
+{
+	wolfSSL_free(ssl);
+}

@@ -1,0 +1,31 @@
+/* TLS for the DERP client (internal to mesh/): a wolfSSL client session on a connected
+ * non-blocking socket, read and written like the socket itself. */
+#ifndef DERPD_CLIENT_TLS_H
+#define DERPD_CLIENT_TLS_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct WOLFSSL;
+
+struct client_tls_opts {
+	const char *server_name; /* SNI and the name the certificate must carry */
+	const char *ca_file;     /* PEM roots to verify against; NULL = the system's */
+	int insecure;            /* skip verification (tests only) */
+	int max_version;         /* 0 = TLS 1.3; 2 = at most TLS 1.2; 1 = TLS 1.1 (tests) */
+};
+
+/* Handshake on fd, waiting with poll() until deadline_ms (CLOCK_MONOTONIC ms). The session
+ * offers ALPN http/1.1 only, like a Go DERP client. NULL with err on failure. */
+struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_t deadline_ms,
+				 char *err, size_t errlen);
+/* Like recv/send on a non-blocking socket: >0 bytes, 0 EOF (read), or -1 with errno
+ * (EAGAIN: *want is POLLIN or POLLOUT, what to wait for). */
+ssize_t client_tls_read(struct WOLFSSL *ssl, void *buf, size_t len, short *want);
+ssize_t client_tls_write(struct WOLFSSL *ssl, const void *buf, size_t len, short *want);
+size_t client_tls_pending(struct WOLFSSL *ssl);
+/* The negotiated version: 0x0303 for TLS 1.2, 0x0304 for TLS 1.3. */
+int client_tls_version(struct WOLFSSL *ssl);
+void client_tls_free(struct WOLFSSL *ssl);
+
+#endif
