@@ -3,11 +3,11 @@
 # Called by `make run`, `make test` and CI; does nothing when all is present.
 # dpkg-dev, autoconf, automake, libtool: scripts/wolfssl.sh builds wolfSSL from Debian's
 # source; libcurl (GnuTLS flavour: no second OpenSSL-named API beside wolfSSL's) for ACME;
-# pebble: the ACME test CA.
+# pebble: the ACME test CA. chromium: the WebSocket e2e test runs a page in it (headless).
 set -eu
 PKGS="build-essential pkg-config libsodium-dev libwolfssl-dev libjansson-dev \
 libmicrohttpd-dev libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps prometheus \
-libcurl4-gnutls-dev dpkg-dev autoconf automake libtool pebble"
+libcurl4-gnutls-dev dpkg-dev autoconf automake libtool pebble chromium"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
