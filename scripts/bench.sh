@@ -77,13 +77,14 @@ done
 run ring --derpd "$DERPD" --ring 100 -l 1200 $T
 
 # Saturation: paced offered load rising x1.25 from 500 packets/s per pair until derpd
-# delivers less than 99 % of it or loses more than 0.1 %; S = the highest offered rate it
-# sustained (or, if none, the most it delivered).
+# delivers less than 99 % of it or loses more than 1 %; S = the highest offered rate it
+# sustained (or, if none, the most it delivered). Smaller losses are what the runs at
+# 50, 70 and 90 % of S look for.
 rate=500
 S=0
 for step in 1 2 3 4 5 6 7 8 9 10 11 12 13 14; do
 	run ramp --derpd "$DERPD" -p 100 -l 1200 -r "$rate" $T
-	if calc "exit !($(jv delivered_pps) < 0.99 * $(jv offered_pps) || $(jv loss_pct) > 0.1)"; then
+	if calc "exit !($(jv delivered_pps) < 0.99 * $(jv offered_pps) || $(jv loss_pct) > 1)"; then
 		[ "$S" = 0 ] && S=$(jv delivered_pps)
 		break
 	fi
@@ -172,7 +173,7 @@ END {
 	}
 	print ""
 	printf "paced load, 100 pairs x 1200 B, derpd; saturation S = %d packets/s: the highest offered\n", S
-	print "rate of a x1.25 ramp that was delivered (>= 99 %, loss <= 0.1 %). CPU: derpd, bench and"
+	print "rate of a x1.25 ramp that was delivered (>= 99 %, loss <= 1 %). CPU: derpd, bench and"
 	print "the whole machine (% of one core; softirq work is not always charged to a process)"
 	printf "%-9s %9s %6s %9s %7s %8s %8s %8s %5s %5s %5s\n", "run", "offered", "% of S",
 	    "delivered", "loss%", "p50 us", "p99 us", "p999 us", "derpd", "bench", "all"
