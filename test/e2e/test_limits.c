@@ -637,6 +637,123 @@ static void test_rate_config_startup(void **state)
 	}
 }
 
+/* ---- the accept limiter (TLS listener) ---- */
+
+/* derpd in TLS mode (self-signed IP certificate) with its metrics on a plain listener;
+ * returns the pid, fills the TLS port and a harness_server pointing at the metrics port. */
+static pid_t start_tls(const char *const *extra, uint16_t *tls_port, struct harness_server *m)
+{
+	const char *bin = getenv("DERPD_BIN");
+	char log[160], key[160], certdir[160], *argv[32];
+	int argc = 0;
+
+	snprintf(log, sizeof log, "%s/tls.log", tmpdir);
+	snprintf(key, sizeof key, "%s/tls.key", tmpdir);
+	snprintf(certdir, sizeof certdir, "%s/certs", tmpdir);
+	argv[argc++] = (char *)(bin && *bin ? bin : "./derpd");
+	const char *base[] = { "-a", "127.0.0.1:0", "-c", key, "-stun=false", "-certmode", "manual",
+			       "-hostname", "127.0.0.1", "-certdir", certdir, "-http-port=-1",
+			       "--metrics-addr", "127.0.0.1:0" };
+	for (size_t i = 0; i < sizeof base / sizeof *base; i++)
+		argv[argc++] = (char *)base[i];
+	for (int i = 0; extra[i]; i++)
+		argv[argc++] = (char *)extra[i];
+	argv[argc] = NULL;
+	memset(m, 0, sizeof *m);
+	snprintf(m->log_path, sizeof m->log_path, "%s", log);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		FILE *f = freopen(log, "w", stderr);
+		(void)f;
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	int64_t end = harness_now_ms() + 10000;
+	*tls_port = 0;
+	while ((!*tls_port || !m->port) && harness_now_ms() < end) {
+		char buf[8192];
+		FILE *f = fopen(log, "r");
+		size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[n] = '\0';
+		char *p = strstr(buf, "serving on 127.0.0.1:");
+		if (p)
+			*tls_port = (uint16_t)atoi(p + strlen("serving on 127.0.0.1:"));
+		p = strstr(buf, "metrics listening on ");
+		if (p && (p = strstr(p, "(port ")))
+			m->port = (uint16_t)atoi(p + 6);
+		poll(NULL, 0, 20);
+	}
+	if (!*tls_port || !m->port) {
+		harness_dump_log(m);
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		fail_msg("derpd in TLS mode did not start");
+	}
+	return pid;
+}
+
+static int tcp_to(uint16_t port)
+{
+	struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons(port) };
+	in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&in, sizeof in), 0);
+	return fd;
+}
+
+/* Closed by the server within ms (a refused connection), or still open. */
+static int closed_within(int fd, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	char b[16];
+	if (poll(&p, 1, ms) <= 0)
+		return 0;
+	ssize_t r = recv(fd, b, sizeof b, MSG_DONTWAIT);
+	return r == 0 || (r < 0 && errno != EAGAIN);
+}
+
+/* SERVER.md §5: each accepted TLS-listener connection takes a token (burst 3, 2/s); the
+ * rest are closed at once and counted, and derpd keeps accepting (derper would exit). */
+static void test_accept_limit(void **state)
+{
+	(void)state;
+	const char *extra[] = { "--accept-connection-limit", "2", "--accept-connection-burst", "3",
+				NULL };
+	struct harness_server m;
+	uint16_t port;
+	pid_t pid = start_tls(extra, &port, &m);
+	enum { N = 10 };
+	int fds[N], open = 0;
+
+	for (int i = 0; i < N; i++)
+		fds[i] = tcp_to(port);
+	for (int i = 0; i < N; i++)
+		open += !closed_within(fds[i], i ? 50 : 1000);
+	print_message("accept limiter: %d of %d connections kept\n", open, N);
+	assert_true(open >= 3 && open <= 4);
+	harness_wait_metric(&m, "tls_listener_rejected_connections", N - open, 3000);
+	assert_int_equal(harness_metric(&m, "tls_listener_rejected_connections"), N - open);
+	assert_int_equal(harness_metric(&m, "tls_listener_accepted_connections"), open);
+	/* a second later there is a token again, and the server is still there */
+	poll(NULL, 0, 1100);
+	int fd = tcp_to(port);
+	assert_false(closed_within(fd, 500));
+	assert_int_equal(harness_metric(&m, "tls_listener_accepted_connections"), open + 1);
+	close(fd);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	assert_int_equal(waitpid(pid, NULL, WNOHANG), 0);
+	kill(pid, SIGTERM);
+	int64_t end = harness_now_ms() + 10000;
+	while (waitpid(pid, NULL, WNOHANG) == 0 && harness_now_ms() < end)
+		poll(NULL, 0, 20);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, WNOHANG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -648,6 +765,7 @@ int main(void)
 		cmocka_unit_test(test_rate_measured),
 		cmocka_unit_test(test_rate_sighup),
 		cmocka_unit_test(test_rate_config_startup),
+		cmocka_unit_test(test_accept_limit),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
