@@ -154,8 +154,8 @@ static int64_t write_timeout_ms(const struct conn *c)
 	return c->outbound ? 5000 : c->is_mesh ? 30000 : relay.cfg->tcp_write_timeout_ms;
 }
 
-/* The next moment anything is due for c. */
-static void conn_rearm(struct conn *c)
+/* Arm c's timer for the next moment anything is due for it. */
+void conn_rearm(struct conn *c)
 {
 	int64_t at = c->deadline_ms;
 

@@ -185,8 +185,7 @@ static int rate_wait(struct conn *c, uint32_t len)
 	if (!c->rate_resume_ms)
 		STAT_ADD(&c->w->stats, rate_limit_per_client_waited, 1);
 	c->rate_resume_ms = now + wait;
-	worker_timer_set(c, c->rate_resume_ms < c->timer_ms || !c->timer_ms ? c->rate_resume_ms
-									   : c->timer_ms);
+	conn_rearm(c);
 	return 1;
 }
 

@@ -160,6 +160,7 @@ int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerle
 /* Append a frame this worker made for c to c's local output. */
 void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len);
 void conn_start_handshake(struct conn *c);
+void conn_rearm(struct conn *c); /* re-arm the timer for c's next deadline */
 void conn_start_running(struct conn *c);
 /* The socket would not take more output (or took some): drives the write timeout. */
 void conn_set_stalled(struct conn *c, int stalled);
