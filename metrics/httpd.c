@@ -1,10 +1,13 @@
 /* The libmicrohttpd daemons and derper's URL routing (SERVER.md §6). The main daemon has
  * no listener: workers hand it connections whose first request is not a DERP upgrade.
- * One internal epoll thread serves them all; nothing here blocks (scrapes read relaxed
- * per-worker counters, bootstrap DNS reads a cache, /debug/traffic streams from a thread
- * of its own), so a slow HTTP client costs only its own connection. */
+ * In TLS mode a second daemon owns the plain-HTTP port-80 listener (§6.6) and routes
+ * into the same handlers; --metrics-addr adds a third. Each daemon has one internal
+ * epoll thread; nothing here blocks (scrapes read relaxed per-worker counters, bootstrap
+ * DNS reads a cache, /debug/traffic streams from a thread of its own), so a slow HTTP
+ * client costs only its own connection. */
 #include "metrics/internal.h"
 
+#include "acme/cert.h"
 #include "server/config.h"
 #include "server/log.h"
 #include "server/server.h"
@@ -16,11 +19,12 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <regex.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,10 +36,16 @@
 #define HTTP_MAX_CONNECTIONS 1024 /* HTTP only; DERP connections never count here */
 #define HTTP_PER_IP_LIMIT 64
 #define HTTP_HEAD_MEMORY (64 * 1024) /* request head limit per connection */
+/* derper's port-80 WriteTimeout (there for long profiles). libmicrohttpd's timeout is an
+ * idle one, and a suspended stream never idles out, so it bounds /debug/traffic instead:
+ * the only response that can run that long. */
+#define PORT80_WRITE_TIMEOUT_S 300
 
 static const struct config *cfg;
-static struct MHD_Daemon *main_daemon, *metrics_daemon;
-static int metrics_port;
+static struct MHD_Daemon *main_daemon, *metrics_daemon, *port80_daemon;
+static int metrics_port, port80_port;
+static int metrics_cls, port80_cls; /* on_request's cls: which listener */
+static int seen;                    /* *state after a request's first call */
 static time_t started;
 static int show_abuse_info;
 
@@ -122,12 +132,23 @@ static enum MHD_Result debug_denied(struct MHD_Connection *c)
 	return http_error(c, 403, msg);
 }
 
-/* Go's http.Redirect body for GET; HEAD gets the headers only (libmicrohttpd drops it). */
+/* Go's http.Redirect body for GET; HEAD gets the headers only (libmicrohttpd drops it).
+ * Location gets Go's hexEscapeNonASCII (bytes >= 0x80 as lower-case %xx). */
 static enum MHD_Result redirect(struct MHD_Connection *c, const char *method, unsigned status,
 				const char *url, int flags)
 {
-	struct mbuf b = { 0 };
+	struct mbuf b = { 0 }, loc = { 0 };
 	int get_or_head = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+	for (const char *p = url; *p; p++)
+		if ((unsigned char)*p >= 0x80)
+			mbuf_printf(&loc, "%%%x", (unsigned char)*p);
+		else
+			mbuf_add(&loc, p, 1);
+	if (loc.oom) {
+		mbuf_free(&loc);
+		return MHD_NO;
+	}
+	const char *where = loc.p ? loc.p : "";
 	if (get_or_head) {
 		mbuf_puts(&b, "<a href=\"");
 		for (const char *p = url; *p; p++) /* html.EscapeString */
@@ -142,11 +163,21 @@ static enum MHD_Result redirect(struct MHD_Connection *c, const char *method, un
 		mbuf_printf(&b, "\">%s</a>.\n\n", status == 301 ? "Moved Permanently" : "Found");
 	}
 	enum MHD_Result r = get_or_head
-		? reply(c, status, flags, b.p, b.len, "Location", url, "Content-Type",
+		? reply(c, status, flags, b.p, b.len, "Location", where, "Content-Type",
 			"text/html; charset=utf-8", NULL)
-		: reply(c, status, flags, NULL, 0, "Location", url, NULL);
+		: reply(c, status, flags, NULL, 0, "Location", where, NULL);
 	mbuf_free(&b);
+	mbuf_free(&loc);
 	return r;
+}
+
+/* derper's prod host rule ^derp([^.]*)\.tailscale\.com\.?$ */
+static int prod_hostname(const char *h)
+{
+	if (strncmp(h, "derp", 4) != 0)
+		return 0;
+	h += 4 + strcspn(h + 4, ".");
+	return strcmp(h, ".tailscale.com") == 0 || strcmp(h, ".tailscale.com.") == 0;
 }
 
 /* ---- the pages ---- */
@@ -365,7 +396,10 @@ static enum MHD_Result serve_debug(struct MHD_Connection *c, const char *path,
 			     "text/plain; charset=utf-8", NULL);
 	}
 	if (strcmp(path, "/debug/traffic") == 0) {
-		struct MHD_Response *r = traffic_response(c);
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(c, MHD_CONNECTION_INFO_DAEMON);
+		int port80 = ci && port80_daemon && ci->daemon == port80_daemon;
+		struct MHD_Response *r = traffic_response(c, port80 ? PORT80_WRITE_TIMEOUT_S : 0);
 		if (r == NULL)
 			return http_error(c, 503, "too many /debug/traffic streams");
 		MHD_add_response_header(r, "Strict-Transport-Security",
@@ -490,16 +524,293 @@ static int is_token(const char *s)
 	return 1;
 }
 
+/* ---- the port-80 listener (SERVER.md §6.6) ---- */
+
+/* One request on the port-80 listener. uri is the request-target as sent (Go's
+ * RequestURI): libmicrohttpd's url argument is decoded and has lost its query, but
+ * derper's redirects and its "/debug" test use the raw form. */
+struct port80_req {
+	int announced;
+	char uri[];
+};
+
+static void *port80_uri_cb(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	(void)cls;
+	(void)c;
+	size_t n = strlen(uri);
+	struct port80_req *rq = malloc(sizeof *rq + n + 1);
+	if (rq != NULL) {
+		rq->announced = 0;
+		memcpy(rq->uri, uri, n + 1);
+	}
+	return rq; /* NULL: on_request answers 500 */
+}
+
+/* libmicrohttpd calls this for every request the URI callback saw, also failed ones. */
+static void port80_completed(void *cls, struct MHD_Connection *c, void **state,
+			     enum MHD_RequestTerminationCode why)
+{
+	(void)cls;
+	(void)c;
+	(void)why;
+	if (*state != &seen)
+		free(*state);
+	*state = NULL;
+}
+
+static int is_alnum(unsigned char ch)
+{
+	return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+/* Go's url shouldEscape(ch, encodePath). */
+static int path_should_escape(unsigned char ch)
+{
+	return !is_alnum(ch) && (ch == '\0' || !strchr("-_.~$&+,/:;=@", ch));
+}
+
+static void path_escape(struct mbuf *b, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (path_should_escape((unsigned char)s[i]))
+			mbuf_printf(b, "%%%02X", (unsigned char)s[i]);
+		else
+			mbuf_add(b, s + i, 1);
+}
+
+static int hex_value(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Go's URL.EscapedPath() of a request path as sent: the raw form if it is a valid
+ * encoding (validEncoded), else the decoded path re-escaped. -1 on a bad %-escape (Go
+ * refuses to parse such a request). */
+static int path_escaped(struct mbuf *b, const char *raw, size_t n)
+{
+	int valid = 1;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)raw[i];
+		if (ch == '%' && (i + 2 >= n || hex_value(raw[i + 1]) < 0 || hex_value(raw[i + 2]) < 0))
+			return -1;
+		if (ch != '%' && !strchr("!$&'()*+,;=:@[]", ch ? ch : '-') && path_should_escape(ch))
+			valid = 0;
+	}
+	if (valid) {
+		mbuf_add(b, raw, n);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char ch = raw[i];
+		if (ch == '%') {
+			ch = (char)(hex_value(raw[i + 1]) << 4 | hex_value(raw[i + 2]));
+			i += 2;
+		}
+		path_escape(b, &ch, 1);
+	}
+	return 0;
+}
+
+/* httpguts.ValidHostHeader: only bytes that may appear in a host[:port]. */
+static int host_header_valid(const char *h)
+{
+	for (; *h; h++)
+		if (!is_alnum((unsigned char)*h) && !strchr("!$%&'()*+,-.:;=[]_~", *h))
+			return 0;
+	return 1;
+}
+
+struct head_scan {
+	int hosts;
+	const char *why; /* first problem found */
+};
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+				   size_t key_size, const char *value, size_t value_size)
+{
+	struct head_scan *h = cls;
+	(void)kind;
+	if (key_size == 4 && strncasecmp(key, "Host", 4) == 0)
+		h->hosts++;
+	for (size_t i = 0; i < key_size && !h->why; i++)
+		if (!is_alnum((unsigned char)key[i]) && !strchr("!#$%&'*+-.^_`|~", key[i] ? key[i] : ' '))
+			h->why = "invalid header name";
+	for (size_t i = 0; value && i < value_size && !h->why; i++) {
+		unsigned char ch = (unsigned char)value[i];
+		if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+			h->why = "invalid header value";
+	}
+	return MHD_YES;
+}
+
+/* What Go's server refuses before any handler runs (answered 400 "400 Bad Request",
+ * plus ": <why>" for its badRequestError cases): NULL if nothing, "" for the plain
+ * form. The Host checks matter here: Host goes into the redirect. */
+static const char *port80_head_error(struct MHD_Connection *c, const char *uri,
+				     const char *version)
+{
+	struct head_scan h = { 0, NULL };
+	const char *why = NULL;
+	int generic = 0;
+	for (const char *p = uri; *p && !generic; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			generic = 1; /* net/url: invalid control character in URL */
+	MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_header, &h);
+	const char *host = header(c, "Host");
+	if (generic || h.hosts > 1)
+		why = "";
+	else if (h.hosts == 0 && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
+		why = "missing required Host header";
+	else if (host != NULL && !host_header_valid(host))
+		why = "malformed Host header";
+	else
+		why = h.why;
+	return why;
+}
+
+/* Go's answer to a request it cannot parse: no handler ran, the connection closes. */
+static enum MHD_Result bad_request(struct MHD_Connection *c, const char *why)
+{
+	struct mbuf b = { 0 };
+	mbuf_printf(&b, "400 Bad Request%s%s", why[0] ? ": " : "", why);
+	enum MHD_Result r = reply(c, 400, 0, b.p, b.len, "Content-Type",
+				  "text/plain; charset=utf-8", "Connection", "close", NULL);
+	mbuf_free(&b);
+	return r;
+}
+
+/* derper's letsencrypt/gcp host policy, which autocert applies to HTTP-01 requests:
+ * the prod rule for the default hostname, else HostWhitelist(--hostname), an exact
+ * match against the lower-cased name. 1 if allowed, else 0 and autocert's message. */
+static int acme_host_allowed(const char *host, char *why, size_t n)
+{
+	const char *name = cfg && cfg->hostname ? cfg->hostname : "";
+	if (strcmp(name, "derp.tailscale.com") == 0) {
+		if (prod_hostname(host))
+			return 1;
+		snprintf(why, n, "invalid hostname");
+		return 0;
+	}
+	size_t i = 0;
+	for (; name[i] && host[i]; i++)
+		if (tolower((unsigned char)name[i]) != host[i])
+			break;
+	if (name[i] == '\0' && host[i] == '\0' && name[0] != '\0')
+		return 1;
+	snprintf(why, n, "acme/autocert: host \"%s\" not configured in HostWhitelist", host);
+	return 0;
+}
+
+/* An HTTP-01 answer (len >= 0: the path is ACME's). With --acme-ip-certs derper's IP
+ * manager answers every challenge path from its own table; otherwise autocert's
+ * handler checks the host policy first and reports a miss as its cache does. */
+static enum MHD_Result serve_acme(struct MHD_Connection *c, const char *body, int len)
+{
+	if (cfg && cfg->acme_ip_certs) {
+		if (len == 0)
+			return http_error(c, 404, "404 page not found");
+		return reply(c, 200, 0, body, (size_t)len, "Content-Type", "text/plain", NULL);
+	}
+	const char *host = header(c, "Host");
+	char why[512];
+	if (!acme_host_allowed(host ? host : "", why, sizeof why))
+		return http_error(c, 403, why);
+	if (len == 0)
+		return http_error(c, 404, "acme/autocert: certificate cache miss");
+	return reply(c, 200, 0, body, (size_t)len, "Content-Type", "text/plain; charset=utf-8",
+		     NULL);
+}
+
+/* derper's port-80 mux: Go's request checks, ServeMux's clean-path redirect,
+ * /generate_204, the cert provider's HTTP-01 handler, then tsweb.Port80Handler. */
+static enum MHD_Result route_port80(struct MHD_Connection *c, const char *uri, const char *url,
+				    const char *method, const char *version)
+{
+	const char *bad = port80_head_error(c, uri, version);
+	if (bad != NULL)
+		return bad_request(c, bad);
+	if (strcmp(method, "CONNECT") == 0) /* no CONNECT handling on plain HTTP */
+		return http_error(c, 400, "Use HTTPS");
+	if (strcmp(uri, "*") == 0)
+		return reply(c, 400, 0, NULL, 0, "Connection", "close", NULL);
+	if (uri[0] != '/') /* absolute-form: refused, as on the main listener */
+		return http_error(c, 400, "400 Bad Request");
+
+	/* ServeMux cleans the escaped path and redirects (301, relative) when that changed
+	 * it; the new URL's path is escaped again, as Go's url.URL.String() does. */
+	size_t plen = strcspn(uri, "?");
+	const char *query = uri[plen] ? uri + plen + 1 : "";
+	struct mbuf esc = { 0 };
+	if (path_escaped(&esc, uri, plen) != 0) {
+		mbuf_free(&esc);
+		return bad_request(c, ""); /* net/url: invalid URL escape */
+	}
+	char *clean = malloc(esc.len + 2);
+	if (esc.oom || clean == NULL) {
+		mbuf_free(&esc);
+		free(clean);
+		return http_error(c, 500, "out of memory");
+	}
+	clean_path(esc.p ? esc.p : "", clean, esc.len + 2);
+	int dirty = strcmp(clean, esc.p ? esc.p : "") != 0;
+	mbuf_free(&esc);
+	if (dirty) {
+		struct mbuf loc = { 0 };
+		path_escape(&loc, clean, strlen(clean));
+		if (query[0])
+			mbuf_printf(&loc, "?%s", query);
+		free(clean);
+		enum MHD_Result r = loc.oom ? http_error(c, 500, "out of memory")
+					    : redirect(c, method, 301, loc.p, 0);
+		mbuf_free(&loc);
+		return r;
+	}
+	free(clean);
+
+	if (strcmp(url, "/generate_204") == 0)
+		return serve_no_content(c);
+	char token[1024];
+	int len = acme_http01_response(url, token, sizeof token);
+	if (len >= 0)
+		return serve_acme(c, token, len);
+
+	/* tsweb.Port80Handler: debug pages stay reachable over plain HTTP (still access
+	 * checked); everything else is sent to HTTPS on the host the client asked for. */
+	if (strncmp(uri, "/debug", 6) == 0)
+		return route_main(c, url, method);
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+		return http_error(c, 400, "Use HTTPS");
+	const char *path = strcmp(uri, "/") == 0 && debug_allowed(c, method) ? "/debug/" : uri;
+	const char *host = header(c, "Host");
+	struct mbuf target = { 0 };
+	mbuf_printf(&target, "https://%s%s", host ? host : "", path);
+	enum MHD_Result r = target.oom ? http_error(c, 500, "out of memory")
+				       : redirect(c, method, 302, target.p, 0);
+	mbuf_free(&target);
+	return r;
+}
+
 /* The first call only announces the request; request bodies (which no endpoint reads)
- * are consumed and dropped; the response goes out on the final call. */
+ * are consumed and dropped; the response goes out on the final call. On the port-80
+ * listener *state is that request's struct port80_req from the start. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **state)
 {
-	static int seen;
-	(void)version;
 	(void)upload;
-	if (*state == NULL) {
+	struct port80_req *rq = cls == &port80_cls && *state != &seen ? *state : NULL;
+	if (rq != NULL && !rq->announced) {
+		rq->announced = 1;
+		return MHD_YES;
+	}
+	if (rq == NULL && *state == NULL) {
 		*state = &seen;
 		return MHD_YES;
 	}
@@ -508,10 +819,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return MHD_YES;
 	}
 	if (!is_token(method)) /* Go refuses such requests; libmicrohttpd would route them */
-		return reply(c, 400, 0, "400 Bad Request", 15, "Content-Type",
-			     "text/plain; charset=utf-8", "Connection", "close", NULL);
+		return bad_request(c, "");
 	if (cls == NULL)
 		return route_main(c, url, method);
+	if (cls == &port80_cls)
+		return rq ? route_port80(c, rq->uri, url, method, version)
+			  : http_error(c, 500, "out of memory");
 	/* the --metrics-addr listener: scrapes only, its bind address is the access rule */
 	if (strcmp(url, "/metrics") == 0)
 		return serve_scrape(c, 1, 0);
@@ -533,10 +846,65 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	log_info("http: %s", msg);
 }
 
-/* "host:port", "[v6]:port" or ":port" -> a listening socket. */
+/* A listening TCP socket on host:port (port 0: any free one, *bound set to it). Empty
+ * host: all interfaces on one IPv6 socket that takes IPv4 too, as Go listens, or IPv4
+ * alone on a host without IPv6. SO_KEEPALIVE and TCP_USER_TIMEOUT as the main listener
+ * has them (SERVER.md §5; accepted sockets inherit them). what names it in errors. */
+static int listen_tcp(const char *host, const char *port, const char *what, int *bound,
+		      char *err, size_t errlen)
+{
+	struct addrinfo hints = { .ai_family = host[0] ? AF_UNSPEC : AF_INET6,
+				  .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	int rc = getaddrinfo(host[0] ? host : "::", port, &hints, &res);
+	if (rc != 0)
+		return snprintf(err, errlen, "%s: %s", what, gai_strerror(rc)), -1;
+	struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = 0 };
+	const struct sockaddr *sa = res->ai_addr;
+	socklen_t sl = res->ai_addrlen;
+	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, zero = 0;
+	if (fd < 0 && !host[0]) {
+		v4.sin_port = ((const struct sockaddr_in6 *)sa)->sin6_port;
+		sa = (const struct sockaddr *)&v4;
+		sl = sizeof v4;
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	}
+	if (fd >= 0) {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (sa->sa_family == AF_INET6 && !host[0])
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+		if (cfg && cfg->tcp_keepalive_ms > 0) {
+			int secs = cfg->tcp_keepalive_ms < 1000 ? 1 : (int)(cfg->tcp_keepalive_ms / 1000);
+			setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+			setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
+		}
+		if (cfg && cfg->tcp_user_timeout_ms > 0) {
+			unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
+			setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+		}
+	}
+	if (fd < 0 || bind(fd, sa, sl) != 0 || listen(fd, 128) != 0) {
+		snprintf(err, errlen, "%s: %s", what, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(res);
+		return -1;
+	}
+	freeaddrinfo(res);
+	struct sockaddr_storage ss;
+	socklen_t ssl = sizeof ss;
+	getsockname(fd, (struct sockaddr *)&ss, &ssl);
+	*bound = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+					       : ((struct sockaddr_in6 *)&ss)->sin6_port);
+	return fd;
+}
+
+/* --metrics-addr: "host:port", "[v6]:port" or ":port" -> a listening socket. */
 static int listen_on(const char *addr, char *err, size_t errlen)
 {
-	char host[256];
+	char host[256], what[300];
 	const char *colon = strrchr(addr, ':');
 	if (colon == NULL || (size_t)(colon - addr) >= sizeof host)
 		return snprintf(err, errlen, "--metrics-addr \"%s\": want host:port", addr), -1;
@@ -548,37 +916,40 @@ static int listen_on(const char *addr, char *err, size_t errlen)
 		h[hl - 1] = '\0';
 		h++;
 	}
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-	struct addrinfo *res;
-	int rc = getaddrinfo(h[0] ? h : NULL, colon + 1, &hints, &res);
-	if (rc != 0)
-		return snprintf(err, errlen, "--metrics-addr \"%s\": %s", addr, gai_strerror(rc)), -1;
-	/* with no host, prefer the IPv6 wildcard (dual stack), as Go listens */
-	struct addrinfo *pick = res;
-	for (struct addrinfo *ai = res; ai && !h[0]; ai = ai->ai_next)
-		if (ai->ai_family == AF_INET6)
-			pick = ai;
-	int fd = socket(pick->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, zero = 0;
-	if (fd >= 0) {
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-		if (pick->ai_family == AF_INET6 && !h[0])
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-	}
-	if (fd < 0 || bind(fd, pick->ai_addr, pick->ai_addrlen) != 0 || listen(fd, 128) != 0) {
-		snprintf(err, errlen, "--metrics-addr \"%s\": %s", addr, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		freeaddrinfo(res);
+	snprintf(what, sizeof what, "--metrics-addr \"%s\"", addr);
+	return listen_tcp(h, colon + 1, what, &metrics_port, err, errlen);
+}
+
+/* TLS mode's plain-HTTP listener on <host of -a>:<-http-port> (SERVER.md §6.6). */
+static int port80_start(const struct config *c, char *err, size_t errlen)
+{
+	char port[16], what[64];
+	snprintf(port, sizeof port, "%d", c->http_port);
+	snprintf(what, sizeof what, "-http-port %d", c->http_port);
+	int fd = listen_tcp(c->listen_host, port, what, &port80_port, err, errlen);
+	if (fd < 0)
 		return -1;
+	/* the main daemon's limits; suspend/resume for /debug/traffic; derper's 30 s
+	 * ReadTimeout as the idle timeout (its idle timeout defaults to that too) */
+	port80_daemon = MHD_start_daemon(
+		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
+		NULL, on_request, &port80_cls, MHD_OPTION_LISTEN_SOCKET, fd,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_HEAD_MEMORY,
+		MHD_OPTION_URI_LOG_CALLBACK, port80_uri_cb, NULL,
+		MHD_OPTION_NOTIFY_COMPLETED, port80_completed, NULL,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+	if (port80_daemon == NULL) {
+		close(fd);
+		return snprintf(err, errlen, "libmicrohttpd: cannot start the port-80 listener"), -1;
 	}
-	freeaddrinfo(res);
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof ss;
-	getsockname(fd, (struct sockaddr *)&ss, &sl);
-	metrics_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-						     : ((struct sockaddr_in6 *)&ss)->sin6_port);
-	return fd;
+	if (strchr(c->listen_host, ':'))
+		log_info("derpd: serving port-80 HTTP on [%s]:%d", c->listen_host, port80_port);
+	else
+		log_info("derpd: serving port-80 HTTP on %s:%d", c->listen_host, port80_port);
+	return 0;
 }
 
 int httpd_start(const struct config *c, char *err, size_t errlen)
@@ -587,12 +958,7 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 	started = time(NULL);
 	if (debug_access_init(err, errlen) != 0)
 		return -1;
-	regex_t re;
-	show_abuse_info = 0;
-	if (regcomp(&re, "^derp([^.]*)\\.tailscale\\.com\\.?$", REG_EXTENDED | REG_NOSUB) == 0) {
-		show_abuse_info = c && c->hostname && regexec(&re, c->hostname, 0, NULL, 0) == 0;
-		regfree(&re);
-	}
+	show_abuse_info = c && c->hostname && prod_hostname(c->hostname);
 	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_NO_LISTEN_SOCKET |
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	main_daemon = MHD_start_daemon(
@@ -610,7 +976,6 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 			httpd_stop();
 			return -1;
 		}
-		static int metrics_cls; /* non-NULL cls selects the scrape-only routes */
 		metrics_daemon = MHD_start_daemon(
 			MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request,
 			&metrics_cls, MHD_OPTION_LISTEN_SOCKET, fd,
@@ -623,6 +988,10 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 			return snprintf(err, errlen, "libmicrohttpd: cannot start the metrics listener"), -1;
 		}
 		log_info("metrics listening on %s (port %d)", c->metrics_addr, metrics_port);
+	}
+	if (c && c->tls && c->http_port >= 0 && port80_start(c, err, errlen) != 0) {
+		httpd_stop();
+		return -1;
 	}
 	if (bootstrap_dns_start(c ? c->bootstrap_dns_names : "",
 				c ? c->unpublished_bootstrap_dns_names : "", err, errlen) != 0) {
@@ -685,6 +1054,11 @@ int httpd_metrics_port(void)
 	return metrics_daemon ? metrics_port : 0;
 }
 
+int httpd_port80_port(void)
+{
+	return port80_daemon ? port80_port : 0;
+}
+
 void httpd_stop(void)
 {
 	traffic_shutdown();
@@ -692,10 +1066,14 @@ void httpd_stop(void)
 		MHD_stop_daemon(metrics_daemon);
 		metrics_daemon = NULL;
 	}
+	if (port80_daemon) {
+		MHD_stop_daemon(port80_daemon);
+		port80_daemon = NULL;
+	}
 	if (main_daemon) {
 		MHD_stop_daemon(main_daemon);
 		main_daemon = NULL;
 	}
 	bootstrap_dns_stop();
-	metrics_port = 0;
+	metrics_port = port80_port = 0;
 }

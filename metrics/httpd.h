@@ -2,7 +2,9 @@
  * /, /robots.txt, /generate_204, /derp/probe, /derp/latency-check, /bootstrap-dns,
  * /debug/ (index, varz, vars, check, traffic) and derpd's own /metrics (SERVER.md §6, §9,
  * §15). Workers hand over every accepted connection whose first request is not a DERP or
- * WebSocket upgrade; --metrics-addr adds a listener of its own for scrapes. */
+ * WebSocket upgrade; TLS mode's plain-HTTP listener on -http-port (/generate_204, ACME
+ * http-01 answers, redirects to HTTPS, §6.6) and --metrics-addr have listeners of their
+ * own. */
 #ifndef DERPD_HTTPD_H
 #define DERPD_HTTPD_H
 #include <sys/socket.h>
@@ -10,8 +12,11 @@
 struct config;
 
 /* Start the libmicrohttpd daemon for handed-over connections (it has no listener of its
- * own), the --metrics-addr listener if set, and the bootstrap DNS resolver thread if a
- * name list is set. cfg must outlive httpd_stop(). 0, or -1 with a message in err. */
+ * own), the --metrics-addr listener if set, in TLS mode the port-80 listener on
+ * <host of -a>:<-http-port> unless that is -1 (logged as "derpd: serving port-80 HTTP on
+ * <host>:<port>"; start the cert provider first, it answers the ACME challenges there),
+ * and the bootstrap DNS resolver thread if a name list is set. cfg must outlive
+ * httpd_stop(). 0, or -1 with a message in err. */
 int httpd_start(const struct config *cfg, char *err, size_t errlen);
 
 /* Take ownership of an accepted stream connection whose HTTP request head has only been
@@ -26,8 +31,10 @@ int httpd_add_connection(int fd, const struct sockaddr *peer, socklen_t peerlen)
 
 /* The port the --metrics-addr listener is bound to (useful with port 0), or 0 if none. */
 int httpd_metrics_port(void);
+/* The port the port-80 listener is bound to (useful with -http-port 0), or 0 if none. */
+int httpd_port80_port(void);
 
-/* Stop both daemons and the resolver thread; open HTTP connections are closed. */
+/* Stop every daemon and the resolver thread; open HTTP connections are closed. */
 void httpd_stop(void);
 
 /* ---- counters kept here for the TLS side (SERVER.md §5, §15.3) ---- */

@@ -107,8 +107,9 @@ struct traffic_entry {
 };
 struct MHD_Connection;
 struct MHD_Response;
-/* A streaming response for conn (NULL if MAX_STREAMS are already running). */
-struct MHD_Response *traffic_response(struct MHD_Connection *conn);
+/* A streaming response for conn (NULL if MAX_STREAMS are already running). It ends after
+ * max_seconds (0: runs until the client goes away). */
+struct MHD_Response *traffic_response(struct MHD_Connection *conn, unsigned max_seconds);
 /* End all streams and resume their connections before the daemon stops. */
 void traffic_shutdown(void);
 /* Parse `ss -i -H -t` output: pairs of lines, field 4 of the first is the peer. Returns

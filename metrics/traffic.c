@@ -33,6 +33,8 @@ struct traffic_stream {
 	int closed;    /* libmicrohttpd freed the response: the producer stops */
 	int ended;     /* the reader has returned end-of-stream */
 	int refs;      /* producer + response */
+	time_t deadline; /* CLOCK_MONOTONIC second the stream ends at (the listener's write
+			  * timeout, as Go's failing writes end it); 0 = never */
 	struct traffic_stream *next;
 };
 
@@ -227,6 +229,13 @@ static void stream_unref(struct traffic_stream *st)
 	free(st);
 }
 
+static time_t monotonic_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
 static void *producer_main(void *arg)
 {
 	struct traffic_stream *st = arg;
@@ -235,7 +244,7 @@ static void *producer_main(void *arg)
 	struct client_list clients = { 0 };
 	for (;;) {
 		pthread_mutex_lock(&st->mu);
-		int stop = st->closed || st->done;
+		int stop = st->closed || st->done || (st->deadline && monotonic_s() >= st->deadline);
 		pthread_mutex_unlock(&st->mu);
 		if (stop || prev == NULL || cur == NULL)
 			break;
@@ -341,11 +350,13 @@ static void stream_free(void *cls)
 	stream_unref(st);
 }
 
-struct MHD_Response *traffic_response(struct MHD_Connection *conn)
+struct MHD_Response *traffic_response(struct MHD_Connection *conn, unsigned max_seconds)
 {
 	struct traffic_stream *st = calloc(1, sizeof *st);
 	if (st == NULL)
 		return NULL;
+	if (max_seconds)
+		st->deadline = monotonic_s() + (time_t)max_seconds;
 	pthread_mutex_init(&st->mu, NULL);
 	pthread_cond_init(&st->cv, NULL);
 	st->conn = conn;
