@@ -762,12 +762,6 @@ int config_parse(struct config *cfg, int argc, char **argv)
 		fprintf(stderr, "derpd: -accept-connection-burst must be >= 0\n");
 		return 2;
 	}
-	if (cfg->tls && cfg->http_port >= 0) {
-		/* derper serves ACME http-01, /generate_204 and redirects there in TLS mode. */
-		fprintf(stderr, "derpd: the plain-HTTP listener of TLS mode (-http-port) is not "
-			"supported yet; pass -http-port=-1\n");
-		return 2;
-	}
 
 	if (!cfg->dev && cfg->config_path[0] == '\0') {
 		if (getuid() != 0) {

@@ -149,11 +149,12 @@ static void test_defaults(void **state)
 	assert_int_equal(c.listen_port, 8080);
 	assert_string_equal(c.config_path, "/tmp/k");
 
-	/* Nothing but -c: the default -a :443 means TLS, whose port-80 listener (on by
-	 * default) is not built yet. */
-	assert_int_equal(parse(&c, "-c", "/tmp/k", NULL), 2);
+	/* Nothing but -c: the default -a :443 means TLS, with the port-80 listener on. */
+	assert_int_equal(parse(&c, "-c", "/tmp/k", NULL), 0);
 	assert_string_equal(c.addr, ":443");
-	assert_err_has("(-http-port) is not supported yet; pass -http-port=-1");
+	assert_int_equal(c.tls, 1);
+	assert_int_equal(c.listen_port, 443);
+	assert_int_equal(c.http_port, 80);
 }
 
 /* certdir, secrets-cache-dir and mesh-psk-file follow $HOME / $XDG_CACHE_HOME. */
@@ -451,19 +452,28 @@ static void test_tls_and_certmode(void **state)
 	struct config c;
 
 	(void)state;
-	assert_int_equal(parse(&c, "-c", "/k", "-a", "1.2.3.4:443", NULL), 2);
-	assert_err_has("derpd: the plain-HTTP listener of TLS mode (-http-port) is not "
-		       "supported yet; pass -http-port=-1");
+	/* TLS mode with its port-80 listener (default 80, any port, or -1 for none) */
+	assert_int_equal(parse(&c, "-c", "/k", "-a", "1.2.3.4:443", NULL), 0);
 	assert_int_equal(c.tls, 1);
+	assert_int_equal(c.http_port, 80);
+	assert_string_equal(c.listen_host, "1.2.3.4");
 	assert_int_equal(parse(&c, "-c", "/k", "-a", "1.2.3.4:443", "-http-port=-1", NULL), 0);
 	assert_int_equal(c.tls, 1);
-	assert_int_equal(parse(&c, "-c", "/k", "-a", ":https", "-http-port=-1", NULL), 0);
+	assert_int_equal(c.http_port, -1);
+	assert_int_equal(parse(&c, "-c", "/k", "-a", ":https", "-http-port=8080", NULL), 0);
 	assert_int_equal(c.tls, 1);
-	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode", "manual", NULL), 2);
-	assert_err_has("-http-port");
+	assert_int_equal(c.http_port, 8080);
+	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode", "manual", NULL), 0);
+	assert_int_equal(c.tls, 1);
+	assert_int_equal(c.http_port, 80);
 	assert_int_equal(parse(&c, "-c", "/k", "-a", ":8080", "-certmode", "manual",
 			       "-http-port", "-1", NULL), 0);
 	assert_int_equal(c.tls, 1);
+	assert_int_equal(parse(&c, "-c", "/k", "-a", "[::1]:8443", "-certmode", "manual",
+			       "-http-port", "0", NULL), 0);
+	assert_int_equal(c.tls, 1);
+	assert_int_equal(c.http_port, 0);
+	assert_string_equal(c.listen_host, "::1");
 	assert_int_equal(parse(&c, "-dev", "-certmode=manual", "-http-port=-1", NULL), 0);
 	assert_int_equal(c.tls, 1);
 	/* Plain HTTP: -http-port is unused, as in derper. */
