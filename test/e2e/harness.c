@@ -112,6 +112,11 @@ void harness_dump_log(const struct harness_server *s)
 
 struct harness_server *harness_start(const char *const *extra)
 {
+	return harness_start_opts(extra, 0);
+}
+
+struct harness_server *harness_start_opts(const char *const *extra, unsigned flags)
+{
 	const char *bin = getenv("DERPD_BIN");
 	struct harness_server *s = calloc(1, sizeof *s);
 	const char *argv[64];
@@ -176,6 +181,7 @@ struct harness_server *harness_start(const char *const *extra)
 	/* Learn the server key from a real greeting (checked against the key file in the
 	 * handshake tests). */
 	struct derp_client_opts o = harness_opts();
+	o.tls = o.tls_insecure = (flags & HARNESS_TLS) != 0;
 	struct derp_client *c = derp_client_open("127.0.0.1", s->port, &o);
 	if (!c) {
 		harness_dump_log(s);

@@ -21,6 +21,10 @@ struct harness_server {
 /* Start derpd with "-a 127.0.0.1:0 -c <dir>/derper.key -stun=false" + extra (NULL-ended,
  * may be NULL); waits up to 10 s for "serving on 127.0.0.1:<port>" on its stderr. */
 struct harness_server *harness_start(const char *const *extra);
+/* harness_start with flags. HARNESS_TLS: extra makes derpd serve TLS, so the start-up
+ * probe that learns the server key speaks DERP over TLS (certificate not verified). */
+#define HARNESS_TLS 1u
+struct harness_server *harness_start_opts(const char *const *extra, unsigned flags);
 /* SIGTERM, wait up to 10 s (then SIGKILL and fail); with pid set to 0 (the test reaped
  * derpd itself) only the log checks run. Fails if the log shows a sanitizer
  * report. Removes the directory unless DERPD_KEEP_TMP is set. NULL is ignored. */
