@@ -605,6 +605,7 @@ struct result {
 	double pps, gbps, loss_pct, p50, p99, p999, max;
 	double srv_cpu, bench_cpu, mach_pct, softirq_pct, steal_pct, others_pct;
 	long srv_hwm, srv_rss;
+	double fresh_ms;
 	char capped[160];
 };
 
@@ -691,6 +692,10 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 			printf("  %-12s %llu other frames, %llu misdelivered, %llu connections "
 			       "closed\n", "anomalies", (unsigned long long)r->other,
 			       (unsigned long long)r->wrong, (unsigned long long)r->closed);
+		if (r->fresh_ms >= 0 || !tg->raw)
+			printf("  %-12s a fresh pair logged in and relayed a packet %.1f ms after "
+			       "the window%s\n", "recovery", r->fresh_ms,
+			       r->fresh_ms < 0 ? ": FAILED within 5 s" : "");
 		if (r->capped[0])
 			printf("  %-12s %s\n", "capped", r->capped);
 	}
@@ -703,6 +708,7 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 	       "\"max_us\":%.1f,\"server_cpu_s\":%.2f,\"server_cpu_pct\":%.1f,"
 	       "\"server_peak_rss_kib\":%ld,\"server_rss_kib\":%ld,\"bench_cpu_s\":%.2f,\"machine_cpu_pct\":%.1f,\"softirq_pct\":%.1f,\"steal_pct\":%.1f,"
 	       "\"others_cpu_pct\":%.1f,\"busy_before_pct\":%.1f,\"waited_s\":%.1f,"
+	       "\"fresh_pair_ms\":%.1f,"
 	       "\"other_frames\":%llu,\"misdelivered\":%llu,\"closed\":%llu,\"fd_limit\":%ld,"
 	       "\"capped\":",
 	       shape_name(), o.ring ? 0 : o.pairs, r->clients, o.size, o.rate,
@@ -711,7 +717,7 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 	       (unsigned long long)r->delivered, r->pps, r->gbps, r->loss_pct, r->p50, r->p99,
 	       r->p999, r->max, r->srv_cpu, 100 * r->srv_cpu / r->measured_s, r->srv_hwm,
 	       r->srv_rss, r->bench_cpu, r->mach_pct, r->softirq_pct, r->steal_pct, r->others_pct,
-	       g_busy_before, g_waited,
+	       g_busy_before, g_waited, r->fresh_ms,
 	       (unsigned long long)r->other,
 	       (unsigned long long)r->wrong, (unsigned long long)r->closed, fdlim);
 	json_str(r->capped);
@@ -746,6 +752,31 @@ static void raw_connect_all(const struct target *tg, int *fds, int npairs)
 		if ((p & 63) == 0)
 			progress("connecting %d/%d pairs", p, npairs);
 	}
+}
+
+/* Overload must not wedge the server: right after the window, with the backlog still
+ * draining, a fresh pair logs in and relays one packet. Milliseconds, -1 on failure. */
+static double fresh_pair_ms(const struct target *tg)
+{
+	struct derp_client_opts op = { .timeout_ms = 5000 };
+	char host[INET_ADDRSTRLEN];
+	double ms = -1;
+	int64_t t0 = now_ns();
+
+	inet_ntop(AF_INET, &tg->addr.sin_addr, host, sizeof host);
+	struct derp_client *a = derp_client_connect(host, ntohs(tg->addr.sin_port), &op);
+	struct derp_client *b = a ? derp_client_connect(host, ntohs(tg->addr.sin_port), &op) : NULL;
+	if (b && derp_client_send(a, derp_client_public_key(b), "fresh pair", 10) == 0) {
+		struct derp_msg m;
+		while (derp_client_recv(b, &m, 5000) == 0)
+			if (m.kind == DERP_MSG_PACKET) {
+				ms = (double)(now_ns() - t0) / 1e6;
+				break;
+			}
+	}
+	derp_client_close(a);
+	derp_client_close(b);
+	return ms;
 }
 
 static void run_relay(struct target *tg, long fdlim)
@@ -919,6 +950,7 @@ static void run_relay(struct target *tg, long fdlim)
 		r.steal_pct = 100 * ncpu * (m1.steal - m0.steal) / mt;
 	}
 	r.measured_s = (double)(now_ns() - g_t0) / 1e9;
+	r.fresh_ms = tg->raw ? -1 : fresh_pair_ms(tg);
 
 	/* Drain: until every packet sent in the window has arrived, nothing arrives for
 	 * 300 ms, or --drain seconds. */
