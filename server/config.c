@@ -67,7 +67,7 @@ static const struct flag_def flags[] = {
 	     "ACME External Account Binding HMAC key, base64 (required for -certmode gcp)"),
 	FLAG("acme-email", FT_STRING, acme_email, 0, 1,
 	     "ACME account contact e-mail (required for gcp, optional for letsencrypt)"),
-	FLAG("acme-ip-certs", FT_BOOL, acme_ip_certs, 0, 0,
+	FLAG("acme-ip-certs", FT_BOOL, acme_ip_certs, 0, 1,
 	     "get short-lived Let's Encrypt certificates for the server's own IP addresses\n"
 	     "on demand (needs -certmode letsencrypt and port 80 reachable)"),
 	FLAG("stun", FT_BOOL, run_stun, 0, 1,
