@@ -12,7 +12,9 @@
 # Runs: pairs 1, 10, 100, 1000 x payload 64, 1200, 16384 B at unlimited offered load,
 # derpd then nginx; one ring; a paced ramp (100 pairs x 1200 B) to find saturation S,
 # then an idle-latency run and runs at 50, 70 and 90 % of S; idle logged-in clients at
-# 10,000 and at the most derpd's fd limit allows. See BENCHMARKS.md, derpd-bench(1).
+# 10,000 and at the most derpd's fd limit allows; DERP over TLS (derpd's self-signed
+# certificate for 127.0.0.1): 10 and 100 pairs x 1200 B, 10,000 idle clients.
+# See BENCHMARKS.md, derpd-bench(1).
 set -eu
 BUILD=${1:-build}
 BENCH=$BUILD/tools/derpd-bench
@@ -24,11 +26,13 @@ OUT=$BUILD/bench.jsonl
 PAIRS="1 10 100 1000"
 SIZES="64 1200 16384"
 IDLE="10000 max"
+TLS_PAIRS="10 100"
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
 	PAIRS="1 100"
 	SIZES="1200"
 	DUR=1
 	IDLE="10000"
+	TLS_PAIRS="100"
 fi
 
 if [ ! -x "$BENCH" ] || [ ! -x "$DERPD" ]; then
@@ -75,6 +79,9 @@ for p in $PAIRS; do
 	done
 done
 run ring --derpd "$DERPD" --ring 100 -l 1200 $T
+for p in $TLS_PAIRS; do
+	run tls --derpd "$DERPD" --tls -p "$p" -l 1200 $T
+done
 
 # Saturation: paced offered load rising x1.25 from 500 packets/s per pair until derpd
 # delivers less than 99 % of it or loses more than 1 %; S = the highest offered rate it
@@ -99,6 +106,7 @@ done
 for n in $IDLE; do
 	run idle --derpd "$DERPD" --idle "$n"
 done
+run idle --derpd "$DERPD" --tls --idle 10000
 elapsed=$(($(date +%s) - start))
 
 # ---- the table ---------------------------------------------------------------------------
@@ -134,6 +142,8 @@ function noisy() {
 		paced[++np] = $0
 	} else if (lab == "ring") {
 		ring = $0
+	} else if (lab == "tls") {
+		tls[++nt] = $0
 	} else if (lab == "idle") {
 		idle[++ni] = $0
 	}
@@ -175,6 +185,21 @@ END {
 		    jv("clients"), jv("payload"), jv("delivered_pps"), jv("payload_gbps"),
 		    jv("loss_pct"), jv("p99_us") / 1000, jv("server_cpu_pct")
 	}
+	if (nt) {
+		print ""
+		print "DERP over TLS (derpd with a self-signed certificate for 127.0.0.1), unlimited, 1200 B"
+		printf "%5s %7s | %10s %7s %6s %8s %5s %6s | %s\n", "pairs", "payload", "derpd pps",
+		    "Gbit/s", "loss%", "p99 ms", "CPU%", "RSSMiB", "TLS/plain"
+		for (i = 1; i <= nt; i++) {
+			$0 = tls[i]
+			k = jv("pairs") " " jv("payload")
+			mark = noisy()
+			printf "%5d %7d |%s%10.0f %7.3f %6.2f %8.2f %5.0f %6.1f | %9.3f\n", jv("pairs"),
+			    jv("payload"), mark, jv("delivered_pps"), jv("payload_gbps"), jv("loss_pct"),
+			    jv("p99_us") / 1000, jv("server_cpu_pct"), mib("server_peak_rss_kib"),
+			    (thr[k] > 0) ? num("payload_gbps") / thr[k] : 0
+		}
+	}
 	print ""
 	printf "paced load, 100 pairs x 1200 B, derpd; saturation S = %d packets/s: the highest offered\n", S
 	print "rate of a x1.25 ramp that was delivered (>= 99 %, loss <= 1 %). CPU: derpd, bench and"
@@ -193,14 +218,16 @@ END {
 	}
 	print ""
 	print "idle logged-in clients, derpd (RSS per connection = RSS delta / connections)"
-	printf "%8s %9s %9s %9s %9s %10s  %s\n", "clients", "connect s", "logins/s", "RSS0 MiB",
+	printf "%12s %9s %9s %9s %9s %10s  %s\n", "clients", "connect s", "logins/s", "RSS0 MiB",
 	    "RSS MiB", "B/conn", "note"
 	for (i = 1; i <= ni; i++) {
 		$0 = idle[i]
-		printf "%8d %9.2f %9.0f %9.1f %9.1f %10.0f%s %s\n", jv("clients"), jv("connect_s"),
+		printf "%8d%s %9.2f %9.0f %9.1f %9.1f %10.0f%s %s\n", jv("clients"),
+		    jv("transport") == "https" ? " TLS" : "    ", jv("connect_s"),
 		    jv("logins_per_s"), mib("server_rss_before_kib"), mib("server_rss_kib"),
 		    jv("rss_per_conn_bytes"), noisy(), jv("capped") (num("failed") > 0 ? " " jv("failed") " failed: " jv("error") : "")
-		if (num("requested") == 10000) per10k = num("rss_per_conn_bytes")
+		if (num("requested") == 10000 && jv("transport") == "http")
+			per10k = num("rss_per_conn_bytes")
 	}
 	if (nnoisy)
 		printf "* %d run(s) shared the machine with other processes (> 10 %% of a CPU, or busy before)\n", nnoisy

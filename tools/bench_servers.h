@@ -45,21 +45,34 @@ static void set_hostport(struct target *t)
 }
 
 /* ./derpd -a 127.0.0.1:0 -c <tmp>/k.json -stun=false; port from its "serving on" line. */
-static void start_derpd(struct target *t, const char *path, const char *const *args, int nargs)
+/* tls: -certmode manual -hostname 127.0.0.1: a self-signed certificate for the address,
+ * made in <tmp>/certs. */
+static void start_derpd(struct target *t, const char *path, const char *const *args, int nargs,
+			int tls)
 {
-	char keyf[128], log[128], line[512];
+	char keyf[128], log[128], line[512], certdir[128];
 	char *argv[48];
 	int n = 0;
 
 	make_tmpdir(t->dir, "derpd");
 	snprintf(keyf, sizeof keyf, "%s/k.json", t->dir);
 	snprintf(log, sizeof log, "%s/derpd.log", t->dir);
+	snprintf(certdir, sizeof certdir, "%s/certs", t->dir);
 	argv[n++] = (char *)path;
 	argv[n++] = "-a";
 	argv[n++] = "127.0.0.1:0";
 	argv[n++] = "-c";
 	argv[n++] = keyf;
 	argv[n++] = "-stun=false";
+	if (tls) {
+		argv[n++] = "-certmode";
+		argv[n++] = "manual";
+		argv[n++] = "-hostname";
+		argv[n++] = "127.0.0.1";
+		argv[n++] = "-certdir";
+		argv[n++] = certdir;
+		argv[n++] = "-http-port=-1";
+	}
 	for (int i = 0; i < nargs && n < 47; i++)
 		argv[n++] = (char *)args[i];
 	argv[n] = NULL;

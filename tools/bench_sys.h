@@ -328,24 +328,31 @@ static void make_tmpdir(char dir[64], const char *what)
 		}
 }
 
-static void rm_tmpdir(char dir[64])
+/* Remove path and, two levels deep, what is in it (derpd's certificate directory). */
+static void rm_tree(const char *path, int depth)
 {
-	char path[400];
+	char sub[512];
 	DIR *d;
 
+	if (unlink(path) == 0 || depth > 2 || !(d = opendir(path)))
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+		rm_tree(sub, depth + 1);
+	}
+	closedir(d);
+	rmdir(path);
+}
+
+static void rm_tmpdir(char dir[64])
+{
 	for (int i = 0; i < 2; i++)
 		if (tmpdirs[i] == dir)
 			tmpdirs[i] = NULL;
-	if (!dir[0] || !(d = opendir(dir)))
-		return;
-	for (struct dirent *e; (e = readdir(d));) {
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-		unlink(path);
-	}
-	closedir(d);
-	rmdir(dir);
+	if (dir[0])
+		rm_tree(dir, 0);
 	dir[0] = 0;
 }
 

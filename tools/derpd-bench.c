@@ -42,6 +42,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+
 #include "mesh/derp_client.h"
 #include "server/frame.h"
 #include "server/key.h"
@@ -162,12 +165,13 @@ static int connect_from(const struct sockaddr_in *dst, long idx, char *err, size
 
 /* Connect and log in (HTTP upgrade, ServerKey, ClientInfo, ServerInfo) with the project's
  * client; keep only the socket (non-blocking) and the public key. */
-static int derp_login(const struct target *t, long idx, uint8_t pub[32], char *err, size_t el)
+static int derp_login(const struct target *t, long idx, uint8_t pub[32], WOLFSSL **ssl,
+		      char *err, size_t el)
 {
 	int fd = connect_from(&t->addr, idx, err, el);
 	if (fd < 0)
 		return -1;
-	struct derp_client_opts op = { .timeout_ms = 15000 };
+	struct derp_client_opts op = { .timeout_ms = 15000, .tls = o.tls, .tls_insecure = 1 };
 	struct derp_client *c = derp_client_open_fd(fd, t->hostport, &op);
 	if (!c || derp_client_send_info(c) != 0 || derp_client_finish(c) != 0) {
 		snprintf(err, el, "login: %s", derp_client_error());
@@ -176,12 +180,27 @@ static int derp_login(const struct target *t, long idx, uint8_t pub[32], char *e
 	}
 	if (pub)
 		memcpy(pub, derp_client_public_key(c), 32);
-	int keep = fcntl(derp_client_fd(c), F_DUPFD_CLOEXEC, 0);
-	if (keep < 0)
-		snprintf(err, el, "dup: %s", strerror(errno));
-	if (derp_client_buffered(c)) /* the server sends nothing more before our traffic */
-		snprintf(err, el, "unexpected bytes after ServerInfo");
-	derp_client_close(c);
+	/* The server sends nothing after ServerInfo before our traffic: no bytes to carry. */
+	uint8_t extra[64];
+	size_t nextra = 0;
+	WOLFSSL *s = NULL;
+	int keep = o.tls ? derp_client_detach_tls(c, &s, extra, sizeof extra, &nextra)
+			 : derp_client_detach(c, extra, sizeof extra, &nextra);
+	if (keep < 0 || nextra) {
+		snprintf(err, el, "%s", keep < 0 ? "cannot take the socket from the client"
+						 : "unexpected bytes after ServerInfo");
+		if (keep < 0)
+			derp_client_close(c);
+		else
+			close(keep);
+		if (s)
+			wolfSSL_free(s);
+		return -1;
+	}
+	if (ssl)
+		*ssl = s;
+	else if (s)
+		wolfSSL_free(s); /* idle: the connection stays, our session state need not */
 	return keep;
 }
 
@@ -191,6 +210,7 @@ struct login_job {
 	int *fds;               /* indexed by idx - base */
 	long base;
 	uint8_t (*pubs)[32];    /* NULL = not kept */
+	WOLFSSL **ssls;         /* TLS sessions, NULL = not kept */
 	long *ok, *fail;        /* shared counters (atomic) */
 	char err[160];
 };
@@ -202,7 +222,8 @@ static void *login_thread(void *arg)
 
 	for (long i = j->first; i < j->end; i += j->step) {
 		err[0] = 0;
-		int fd = derp_login(j->t, i, j->pubs ? j->pubs[i - j->base] : NULL, err, sizeof err);
+		int fd = derp_login(j->t, i, j->pubs ? j->pubs[i - j->base] : NULL,
+				    j->ssls ? &j->ssls[i - j->base] : NULL, err, sizeof err);
 		j->fds[i - j->base] = fd;
 		__atomic_fetch_add(fd >= 0 ? j->ok : j->fail, 1, __ATOMIC_RELAXED);
 		if (err[0] && !j->err[0])
@@ -213,7 +234,8 @@ static void *login_thread(void *arg)
 
 /* Log in clients [base, end) with nthreads threads; returns failures. */
 static long login_all(const struct target *t, long base, long end, int nthreads, int *fds,
-		      uint8_t (*pubs)[32], long *ok, long *fail, char *err, size_t el, int show)
+		      uint8_t (*pubs)[32], WOLFSSL **ssls, long *ok, long *fail, char *err,
+		      size_t el, int show)
 {
 	if (nthreads > end - base)
 		nthreads = (int)(end - base > 0 ? end - base : 1);
@@ -224,7 +246,8 @@ static long login_all(const struct target *t, long base, long end, int nthreads,
 	if (!j || !th)
 		die("out of memory");
 	for (int i = 0; i < nthreads; i++) {
-		j[i] = (struct login_job){ t, base + i, end, nthreads, fds, base, pubs, ok, fail, "" };
+		j[i] = (struct login_job){ t, base + i, end, nthreads, fds, base, pubs, ssls, ok,
+					   fail, "" };
 		if (pthread_create(&th[i], NULL, login_thread, &j[i]) != 0)
 			die("pthread_create: %s", strerror(errno));
 	}
@@ -250,6 +273,7 @@ enum { R_SEND = 1, R_RECV = 2 };
 
 struct conn {
 	int fd;
+	WOLFSSL *ssl;      /* DERP over TLS: the session the client library handed over */
 	uint8_t role, writable, in_wq, in_rq, dead, hlen;
 	uint32_t id;       /* sender id stamped into our packets */
 	uint32_t expect;   /* sender id of the packets we should receive */
@@ -436,9 +460,30 @@ static int64_t rx_time(struct msghdr *mh, int64_t now)
 	return now;
 }
 
+/* TLS: wolfSSL hands out a record at a time and may hold decrypted bytes the socket no
+ * longer shows, so read until it wants the socket (or a turn's budget is spent). */
+static int conn_read_tls(struct thr *t, struct conn *c)
+{
+	for (size_t got = 0; got < RBUF_LEN;) {
+		int r = wolfSSL_read(c->ssl, t->rbuf, RBUF_LEN);
+		if (r > 0) {
+			parse(t, c, t->rbuf, (size_t)r, now_ns());
+			got += (size_t)r;
+			continue;
+		}
+		int e = wolfSSL_get_error(c->ssl, r);
+		if (e != WOLFSSL_ERROR_WANT_READ && e != WOLFSSL_ERROR_WANT_WRITE)
+			conn_dead(t, c);
+		return 0;
+	}
+	return 1;
+}
+
 /* 1 = more may be waiting. */
 static int conn_read(struct thr *t, struct conn *c)
 {
+	if (c->ssl)
+		return conn_read_tls(t, c);
 	union {
 		char buf[CMSG_SPACE(sizeof(struct timespec)) * 2];
 		struct cmsghdr align;
@@ -493,7 +538,19 @@ static int conn_write(struct thr *t, struct conn *c)
 		c->woff = 0;
 		c->wlen = k * g_frame;
 	}
-	ssize_t r = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
+	ssize_t r;
+	if (c->ssl) { /* all or nothing; after WANT_WRITE, the same bytes again */
+		int w = wolfSSL_write(c->ssl, c->wbuf + c->woff, (int)(c->wlen - c->woff));
+		r = w;
+		if (w <= 0) {
+			int e = wolfSSL_get_error(c->ssl, w);
+			errno = e == WOLFSSL_ERROR_WANT_WRITE || e == WOLFSSL_ERROR_WANT_READ ? EAGAIN
+											      : EPIPE;
+			r = -1;
+		}
+	} else {
+		r = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
 	if (r < 0) {
 		if (errno == EINTR)
 			return 1;
@@ -648,7 +705,7 @@ static void json_common(const struct target *tg, const char *mode)
 {
 	printf("{\"tool\":\"derpd-bench\",\"version\":\"%s\",\"mode\":\"%s\",\"server\":\"%s\","
 	       "\"transport\":\"%s\",\"label\":",
-	       DERPD_VERSION, mode, tg->kind, tg->raw ? "tcp" : "http");
+	       DERPD_VERSION, mode, tg->kind, tg->raw ? "tcp" : o.tls ? "https" : "http");
 	json_str(o.label ? o.label : "");
 	printf(",\"server_pid\":%d,\"cores\":%ld", (int)tg->pid, sysconf(_SC_NPROCESSORS_ONLN));
 }
@@ -664,7 +721,8 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 	if (!o.quiet) {
 		printf("derpd-bench %s: %s at %s (pid %d), %s\n", DERPD_VERSION, tg->kind,
 		       tg->hostport, (int)tg->pid,
-		       tg->raw ? "raw TCP relay of the same frames" : "DERP over plain HTTP");
+		       tg->raw ? "raw TCP relay of the same frames"
+			       : o.tls ? "DERP over TLS (HTTPS)" : "DERP over plain HTTP");
 		if (o.ring)
 			printf("  %-12s ring of %d clients", "shape", r->clients);
 		else
@@ -758,7 +816,7 @@ static void raw_connect_all(const struct target *tg, int *fds, int npairs)
  * draining, a fresh pair logs in and relays one packet. Milliseconds, -1 on failure. */
 static double fresh_pair_ms(const struct target *tg)
 {
-	struct derp_client_opts op = { .timeout_ms = 5000 };
+	struct derp_client_opts op = { .timeout_ms = 5000, .tls = o.tls, .tls_insecure = 1 };
 	char host[INET_ADDRSTRLEN];
 	double ms = -1;
 	int64_t t0 = now_ns();
@@ -801,7 +859,8 @@ static void run_relay(struct target *tg, long fdlim)
 	r.clients = nclients;
 	int *fds = malloc(sizeof(int) * (size_t)nclients);
 	uint8_t(*pubs)[32] = calloc((size_t)nclients, 32);
-	if (!fds || !pubs)
+	WOLFSSL **ssls = o.tls ? calloc((size_t)nclients, sizeof *ssls) : NULL;
+	if (!fds || !pubs || (o.tls && !ssls))
 		die("out of memory");
 
 	int64_t l0 = now_ns();
@@ -810,7 +869,7 @@ static void run_relay(struct target *tg, long fdlim)
 	} else {
 		long ok = 0, fail = 0;
 		char err[160] = "";
-		if (login_all(tg, 0, nclients, o.login_threads, fds, pubs, &ok, &fail, err,
+		if (login_all(tg, 0, nclients, o.login_threads, fds, pubs, ssls, &ok, &fail, err,
 			      sizeof err, 1))
 			die("%ld of %d logins failed: %s", fail, nclients, err);
 	}
@@ -850,6 +909,7 @@ static void run_relay(struct target *tg, long fdlim)
 		int rank, tix;
 		const uint8_t *dst;
 		c->fd = fds[i];
+		c->ssl = ssls ? ssls[i] : NULL;
 		c->writable = 1;
 		if (o.ring) {
 			rank = i;
@@ -889,7 +949,7 @@ static void run_relay(struct target *tg, long fdlim)
 			}
 		}
 		int one = 1;
-		if (c->role & R_RECV)
+		if ((c->role & R_RECV) && !c->ssl)
 			setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
 		if (epoll_ctl(t->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
 			die("epoll_ctl: %s", strerror(errno));
@@ -1005,8 +1065,11 @@ static void run_relay(struct target *tg, long fdlim)
 	r.bench_cpu = bcpu1 - bcpu0;
 	r.measured_s = o.duration;
 
-	for (int i = 0; i < nclients; i++)
+	for (int i = 0; i < nclients; i++) {
+		if (cs[i].ssl)
+			wolfSSL_free(cs[i].ssl);
 		close_rst(cs[i].fd);
+	}
 	print_relay(tg, &r, fdlim);
 	for (int i = 0; i < nt; i++) {
 		close(th[i].ep);
@@ -1024,6 +1087,7 @@ static void run_relay(struct target *tg, long fdlim)
 	free(hist);
 	free(fds);
 	free(pubs);
+	free(ssls);
 }
 
 /* ---- idle-connection run --------------------------------------------------------------- */
@@ -1042,7 +1106,8 @@ static void idle_child(const struct target *tg, struct idle_share *sh, long lo, 
 
 	if (!fds)
 		_exit(1);
-	login_all(tg, lo, hi, threads, fds, NULL, &sh->ok, &sh->fail, sh->err, sizeof sh->err, 0);
+	login_all(tg, lo, hi, threads, fds, NULL, NULL, &sh->ok, &sh->fail, sh->err,
+		  sizeof sh->err, 0);
 	sh->t_done = now_ns();
 	__atomic_store_n(&sh->done, 1, __ATOMIC_RELEASE);
 	char b;
@@ -1143,8 +1208,8 @@ static void run_idle(struct target *tg, long fdlim)
 	double per_conn = ok > 0 && rss0 > 0 && rss1 > 0 ? (double)(rss1 - rss0) * 1024 / ok : -1;
 
 	if (!o.quiet) {
-		printf("derpd-bench %s: %s at %s (pid %d), idle logged-in clients\n", DERPD_VERSION,
-		       tg->kind, tg->hostport, (int)tg->pid);
+		printf("derpd-bench %s: %s at %s (pid %d), idle logged-in clients%s\n", DERPD_VERSION,
+		       tg->kind, tg->hostport, (int)tg->pid, o.tls ? " over TLS" : "");
 		printf("  %-12s %ld logged in of %ld (%ld failed%s%s), %d process%s x %d login "
 		       "threads, %d source addresses\n", "clients", ok, n, fail,
 		       err[0] ? ": " : "", err, procs, procs > 1 ? "es" : "", threads,
@@ -1209,7 +1274,7 @@ static void usage(FILE *f, int status)
 		"both:\n"
 		"  --login-threads N   concurrent logins (default 8)\n"
 		"  --src-addrs N       loopback source addresses 127.0.0.2.. (default 8, 0 = kernel)\n"
-		"  --tls               DERP over TLS (not supported yet)\n"
+		"  --tls               DERP over TLS (--derpd: self-signed certificate)\n"
 		"  --wait-quiet S      first wait up to S s for the machine to be under 25 %% busy\n"
 		"  --label TEXT        copied into the JSON line\n"
 		"  -q, --quiet         only the JSON line\n"
@@ -1299,9 +1364,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "derpd-bench: give exactly one of --derpd, -s, --nginx, --raw\n");
 		usage(stderr, 2);
 	}
-	if (o.tls)
-		die("--tls: not supported yet: derpd has no TLS listener and the client library "
-		    "no TLS yet; runs are DERP over plain HTTP");
+	if (o.tls && (o.nginx || o.raw))
+		die("--tls: the reference relay runs are plain TCP only");
 	if (o.raw && !o.upstream_port)
 		die("--raw needs --upstream-port");
 	if ((o.nginx || o.raw) && o.ring)
@@ -1322,7 +1386,7 @@ int main(int argc, char **argv)
 
 	struct target tg = { .kind = "derpd", .upfd = -1 };
 	if (o.derpd) {
-		start_derpd(&tg, o.derpd, o.derpd_args, o.n_derpd_args);
+		start_derpd(&tg, o.derpd, o.derpd_args, o.n_derpd_args, o.tls);
 	} else if (o.server) {
 		parse_hostport(o.server, &tg.addr);
 		set_hostport(&tg);
