@@ -24,6 +24,9 @@ struct harness_server *harness_start(const char *const *extra);
 /* harness_start with flags. HARNESS_TLS: extra makes derpd serve TLS, so the start-up
  * probe that learns the server key speaks DERP over TLS (certificate not verified). */
 #define HARNESS_TLS 1u
+/* HARNESS_NO_PROBE: no start-up probe (pub stays zero), for servers a default client
+ * cannot reach (a TLS certificate for a DNS name only); the caller learns the key. */
+#define HARNESS_NO_PROBE 2u
 struct harness_server *harness_start_opts(const char *const *extra, unsigned flags);
 /* SIGTERM, wait up to 10 s (then SIGKILL and fail); with pid set to 0 (the test reaped
  * derpd itself) only the log checks run. Fails if the log shows a sanitizer
