@@ -163,8 +163,6 @@ void conn_rearm(struct conn *c)
 		at = c->keepalive_ms;
 	if (c->rtt_ms && (!at || c->rtt_ms < at))
 		at = c->rtt_ms;
-	if (c->rate_resume_ms && (!at || c->rate_resume_ms < at))
-		at = c->rate_resume_ms;
 	if (c->stall_ms && write_timeout_ms(c) > 0) {
 		int64_t t = c->stall_ms + write_timeout_ms(c);
 		if (!at || t < at)
@@ -186,11 +184,6 @@ void conn_on_timer(struct conn *c, int64_t now)
 		STAT_ADD(&c->w->stats, sclient_write_timeouts, 1);
 		conn_close(c, "write timeout");
 		return;
-	}
-	if (c->rate_resume_ms && now >= c->rate_resume_ms) {
-		c->rate_resume_ms = 0; /* the tokens are there: parse and read again */
-		c->read_more = 1;
-		worker_mark_ready(c);
 	}
 	if (c->rtt_ms && now >= c->rtt_ms) {
 		int b = rtt_sample(c->fd);
@@ -280,6 +273,8 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		log_debug("derp: conn %llu: closing before login: %s", (unsigned long long)c->id, why);
 	}
 	c->state = CS_CLOSED;
+	if (c->rate_resume_ms)
+		worker_rate_forget(c);
 	if (c->outbound)
 		mesh_out_closed(c); /* before the fd goes: no forwarder may point at a dead conn */
 	worker_timer_del(c);

@@ -185,7 +185,7 @@ static int rate_wait(struct conn *c, uint32_t len)
 	if (!c->rate_resume_ms)
 		STAT_ADD(&c->w->stats, rate_limit_per_client_waited, 1);
 	c->rate_resume_ms = now + wait;
-	conn_rearm(c);
+	worker_rate_wait(c);
 	return 1;
 }
 

@@ -96,6 +96,7 @@ struct conn {
 	uint8_t rate_charged;   /* this frame's tokens are taken (or being waited for) */
 	uint32_t rate_gen;      /* relay.rate_gen the bucket was set from */
 	int64_t rate_resume_ms; /* waiting for tokens: read nothing until then */
+	struct conn *rate_next; /* worker's list of connections waiting for tokens */
 	struct token_bucket tb; /* --rate-config receive limit (never for mesh peers) */
 	uint8_t is_watcher;     /* sent WatchConns: in relay.watchers */
 	uint8_t outbound;       /* our own client connection to a mesh peer */
@@ -217,6 +218,7 @@ struct worker {
 	uint8_t *scratch;         /* WORKER_SCRATCH bytes for peeking request heads */
 	struct mesh_out *adopt;   /* outbound mesh connections to take on (under ready_mu) */
 	struct admission_ask *admitted; /* admission answers to act on (under ready_mu) */
+	struct conn *rate_waiting;      /* waiting for rate tokens; resumed to the ms */
 	struct conn **wheel;      /* timer wheel slots */
 	int64_t wheel_ms;         /* time up to which the wheel has been processed */
 } __attribute__((aligned(64)));
@@ -230,6 +232,10 @@ int64_t now_ms(void);
 struct worker *worker_mark_ready(struct conn *c);
 void worker_wake(struct worker *w);
 void worker_timer_set(struct conn *c, int64_t at_ms);
+/* c waits for rate-limit tokens until c->rate_resume_ms; resume it then, to the ms (the
+ * timer wheel's 100 ms ticks would cut a limited client's rate). */
+void worker_rate_wait(struct conn *c);
+void worker_rate_forget(struct conn *c);
 void worker_timer_del(struct conn *c);
 struct outbatch *worker_batch_get(struct worker *w);
 void worker_batch_put(struct worker *w, struct outbatch *b);

@@ -103,6 +103,45 @@ static void wheel_run(struct worker *w, int64_t now)
 	}
 }
 
+/* ---- rate-limit waits: few connections at a time, resumed on time ---- */
+
+void worker_rate_wait(struct conn *c)
+{
+	c->rate_next = c->w->rate_waiting;
+	c->w->rate_waiting = c;
+}
+
+void worker_rate_forget(struct conn *c)
+{
+	for (struct conn **pp = &c->w->rate_waiting; *pp; pp = &(*pp)->rate_next)
+		if (*pp == c) {
+			*pp = c->rate_next;
+			break;
+		}
+	c->rate_resume_ms = 0;
+}
+
+/* Resume the waits that are due; return ms until the next one (or WHEEL_TICK_MS). */
+static int rate_resume(struct worker *w, int64_t now)
+{
+	int64_t next = now + WHEEL_TICK_MS;
+
+	for (struct conn **pp = &w->rate_waiting; *pp;) {
+		struct conn *c = *pp;
+		if (c->rate_resume_ms <= now) {
+			*pp = c->rate_next;
+			c->rate_resume_ms = 0;
+			c->read_more = 1; /* the tokens are there: parse and read again */
+			worker_mark_ready(c);
+			continue;
+		}
+		if (c->rate_resume_ms < next)
+			next = c->rate_resume_ms;
+		pp = &c->rate_next;
+	}
+	return (int)(next - now);
+}
+
 /* ---- ready list: conns with output, possibly marked by other workers ---- */
 
 struct worker *worker_mark_ready(struct conn *c)
@@ -293,8 +332,12 @@ static void *worker_main(void *arg)
 		if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && drain(w, now_ms()))
 			break;
 		/* Left-over work on the ready list: poll without sleeping. */
-		int busy = __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL;
-		int n = epoll_wait(w->epfd, evs, 256, busy ? 0 : w->drain_until ? 10 : WHEEL_TICK_MS);
+		int wait = w->rate_waiting ? rate_resume(w, now_ms()) : WHEEL_TICK_MS;
+		if (__atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
+			wait = 0;
+		else if (w->drain_until && wait > 10)
+			wait = 10;
+		int n = epoll_wait(w->epfd, evs, 256, wait);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &tag_listen) {
@@ -324,6 +367,8 @@ static void *worker_main(void *arg)
 			mesh_out_adopt_pending(w);
 		if (__atomic_load_n(&w->admitted, __ATOMIC_RELAXED))
 			handshake_admitted(w);
+		if (w->rate_waiting)
+			rate_resume(w, now_ms());
 		ready_drain(w);
 		int64_t now = now_ms();
 		if (now - w->wheel_ms >= WHEEL_TICK_MS) {
