@@ -487,6 +487,28 @@ static void test_rate_throttled(void **state)
 	harness_stop(s);
 }
 
+/* Large frames get the configured rate too: each wait ends on time, not on a coarse
+ * timer tick (which once made 64 KiB frames run at half the rate). 10 maximal frames at
+ * 1.25 MB/s: the first from the burst, then (9 x 65568) / 1.25e6 = 472 ms. */
+static void test_rate_large_frames(void **state)
+{
+	(void)state;
+	const char *args[] = { "--rate-config",
+			       rate_file("{\"PerClientRateLimitBytesPerSec\": 1250000}"), NULL };
+	struct harness_server *s = harness_start(args);
+	struct derp_client_opts o = harness_opts();
+	o.timeout_ms = 10000;
+	struct derp_client *a = harness_client(s, &o), *b = harness_client(s, &o);
+
+	int64_t took = send_and_sync(a, PUB(b), 10, DERP_MAX_PACKET);
+	print_message("10 x 65536-byte packets at 1.25 MB/s: %lld ms (ideal 472)\n",
+		      (long long)took);
+	assert_true(took >= 420 && took < 750);
+	derp_client_close(a);
+	derp_client_close(b);
+	harness_stop(s);
+}
+
 /* A limited client's delivered rate is the configured rate; another client's own bucket
  * is untouched by it; a mesh peer is never limited. */
 static void test_rate_measured(void **state)
@@ -763,6 +785,7 @@ int main(void)
 		cmocka_unit_test(test_verify_both),
 		cmocka_unit_test(test_rate_throttled),
 		cmocka_unit_test(test_rate_measured),
+		cmocka_unit_test(test_rate_large_frames),
 		cmocka_unit_test(test_rate_sighup),
 		cmocka_unit_test(test_rate_config_startup),
 		cmocka_unit_test(test_accept_limit),
