@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <cmocka.h>
 
 #include "server/forwarders.h"
@@ -93,11 +94,57 @@ static void test_preferred_is_earliest_remaining(void **state)
 	fwd_free(t);
 }
 
+/* 61: while forwarders for one key churn (never all gone at once), every one of 5000
+ * lookups finds one; the entry is never empty or torn mid-update. */
+struct churn {
+	struct fwd_table *t;
+	int stop;
+};
+
+static void *churn_main(void *arg)
+{
+	struct churn *ch = arg;
+	void *f[3] = { &F1, &F2, &F3 };
+
+	for (unsigned i = 0; !__atomic_load_n(&ch->stop, __ATOMIC_ACQUIRE); i++) {
+		/* add the next one before removing the oldest: at least two stay registered */
+		fwd_register(ch->t, u1, f[(i + 1) % 3]);
+		fwd_unregister(ch->t, u1, f[i % 3], 0);
+		fwd_register(ch->t, u1, f[i % 3]);
+	}
+	return NULL;
+}
+
+static void found_one(void *f, void *arg)
+{
+	if (f == &F1 || f == &F2 || f == &F3)
+		(*(int *)arg)++;
+}
+
+static void test_multi_forwarder_churn(void **state)
+{
+	(void)state;
+	struct churn ch = { fwd_new(4), 0 };
+	pthread_t th;
+	int delivered = 0;
+
+	fwd_register(ch.t, u1, &F1);
+	fwd_register(ch.t, u1, &F2);
+	assert_int_equal(pthread_create(&th, NULL, churn_main, &ch), 0);
+	for (int i = 0; i < 5000; i++)
+		fwd_with(ch.t, u1, found_one, &delivered);
+	__atomic_store_n(&ch.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	assert_int_equal(delivered, 5000);
+	fwd_free(ch.t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_registration),
 		cmocka_unit_test(test_preferred_is_earliest_remaining),
+		cmocka_unit_test(test_multi_forwarder_churn),
 	};
 	key_init();
 	return cmocka_run_group_tests(tests, NULL, NULL);
