@@ -2,6 +2,7 @@
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/asn.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -9,6 +10,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include "server/key.h"
+
+#define META_CN_PREFIX "derpkey"
 
 static int64_t mono_ms(void)
 {
@@ -23,6 +28,59 @@ static int is_ip(const char *s)
 	unsigned char b[16];
 
 	return inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
+}
+
+/* Go's parseMetaCert for one certificate: CN "derpkey" + 64 hex digits, serial < 256,
+ * and (so that it can never vouch for anything) not a CA. DER is parsed directly:
+ * wolfSSL 5.5.4's X509 layer cannot read Ed25519 certificates. */
+static int meta_parse(const uint8_t *der, size_t len, struct client_tls_meta *m)
+{
+	const size_t pl = sizeof META_CN_PREFIX - 1;
+	DecodedCert dc;
+	int ok = 0;
+
+	wc_InitDecodedCert(&dc, der, (word32)len, NULL);
+	if (wc_ParseCert(&dc, CERT_TYPE, NO_VERIFY, NULL) == 0 && dc.subjectCN && !dc.isCA &&
+	    dc.subjectCNLen == (int)(pl + KEY_HEX_LEN) &&
+	    memcmp(dc.subjectCN, META_CN_PREFIX, pl) == 0 &&
+	    key_from_hex(m->key, dc.subjectCN + pl, KEY_HEX_LEN) == 0) {
+		int i = 0;
+		while (i < dc.serialSz && dc.serial[i] == 0)
+			i++;
+		if (dc.serialSz - i <= 1) {
+			m->version = i < dc.serialSz ? dc.serial[i] : 0;
+			ok = 1;
+		}
+	}
+	wc_FreeDecodedCert(&dc);
+	return ok;
+}
+
+struct verify_state {
+	struct client_tls_meta *meta; /* NULL: not asked for */
+	int insecure, done;
+};
+
+/* Sees the whole served chain (store->certs; this wolfSSL keeps no session certificates
+ * to ask for afterwards). wolfSSL also checks every extra certificate as if it were an
+ * intermediate, so the meta certificate that a DERP server appends after its chain
+ * fails as unsigned: that one error is ignored, as Go's verifier ignores certificates
+ * outside the path. The leaf is still verified on its own; a non-CA certificate is never
+ * a signer for it. */
+static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store)
+{
+	struct verify_state *s = store->userCtx;
+	struct client_tls_meta tmp;
+	int d = store->error_depth;
+
+	for (int i = 0; s && s->meta && !s->done && i < store->totalCerts; i++)
+		s->done = meta_parse(store->certs[i].buffer, store->certs[i].length, s->meta);
+	if (!s || s->insecure)
+		return 1;
+	if (!preverify && d > 0 && d < store->totalCerts &&
+	    meta_parse(store->certs[d].buffer, store->certs[d].length, &tmp))
+		return 1;
+	return preverify;
 }
 
 struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_t deadline_ms,
@@ -67,6 +125,11 @@ struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_
 			goto oom;
 	}
 	wolfSSL_UseALPN(ssl, alpn, sizeof alpn - 1, WOLFSSL_ALPN_FAILED_ON_MISMATCH);
+	struct verify_state vs = { o->meta, o->insecure, 0 };
+	if (o->meta)
+		memset(o->meta, 0, sizeof *o->meta);
+	wolfSSL_set_verify(ssl, o->insecure ? WOLFSSL_VERIFY_NONE : WOLFSSL_VERIFY_PEER, verify_cb);
+	wolfSSL_SetCertCbCtx(ssl, &vs);
 	for (;;) {
 		int r = wolfSSL_connect(ssl);
 		if (r == WOLFSSL_SUCCESS)
@@ -95,6 +158,10 @@ struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_
 			goto fail;
 		}
 	}
+	wolfSSL_SetCertCbCtx(ssl, NULL); /* vs lives on this stack only */
+	/* only TLS 1.3 hides the chain from middleboxes: Go trusts the key only then */
+	if (o->meta && (!vs.done || wolfSSL_version(ssl) != TLS1_3_VERSION))
+		memset(o->meta, 0, sizeof *o->meta);
 	/* The session keeps its own reference to the context. */
 	wolfSSL_CTX_free(ctx);
 	return ssl;

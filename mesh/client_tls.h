@@ -8,11 +8,20 @@
 
 struct WOLFSSL;
 
+/* The server's DERP key as its meta certificate carries it (PROTOCOL.md §3.3). */
+struct client_tls_meta {
+	uint8_t key[32];
+	int version;             /* the certificate's serial: DERP protocol version; 0 = none */
+};
+
 struct client_tls_opts {
 	const char *server_name; /* SNI and the name the certificate must carry */
 	const char *ca_file;     /* PEM roots to verify against; NULL = the system's */
 	int insecure;            /* skip verification (tests only) */
 	int max_version;         /* 0 = TLS 1.3; 2 = at most TLS 1.2; 1 = TLS 1.1 (tests) */
+	/* If set: filled from the served chain's meta certificate when TLS 1.3 was
+	 * negotiated, as a Go client does (version 0 otherwise: no fast start). */
+	struct client_tls_meta *meta;
 };
 
 /* Handshake on fd, waiting with poll() until deadline_ms (CLOCK_MONOTONIC ms). The session

@@ -603,7 +603,7 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 	char req[4096];
 
 	err_buf[0] = '\0';
-	if (o->fast_start && !o->server_key) {
+	if (o->fast_start && !o->server_key && !o->tls) {
 		set_err("fast start needs the server key");
 		close(fd);
 		return NULL;
@@ -615,9 +615,12 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 	}
 	if (o->timeout_ms > 0)
 		c->timeout_ms = o->timeout_ms;
+	c->fast_start = o->fast_start;
 	if (o->tls) {
+		struct client_tls_meta meta;
 		struct client_tls_opts to = { o->tls_server_name ? o->tls_server_name : host,
-					      o->tls_ca_file, o->tls_insecure, o->tls_max_version };
+					      o->tls_ca_file, o->tls_insecure, o->tls_max_version,
+					      o->fast_start && !o->server_key ? &meta : NULL };
 		char terr[256];
 		int64_t dl = deadline_after(c->timeout_ms);
 		/* host may be "name:port": the TLS name is the part before the port. */
@@ -635,8 +638,12 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 			derp_client_close(c);
 			return NULL;
 		}
+		if (to.meta) { /* Go: fast start only with a key and a version from the cert */
+			c->fast_start = meta.version != 0;
+			memcpy(c->server_key, meta.key, 32);
+			c->have_server_key = c->fast_start;
+		}
 	}
-	c->fast_start = o->fast_start;
 	c->is_prober = o->is_prober;
 	if (o->mesh_key) {
 		memcpy(c->mesh_key, o->mesh_key, 32);
@@ -655,7 +662,7 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 			 "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: derpd-client/1\r\n"
 			 "Connection: Upgrade\r\n%s%s%s%s%s%s%s\r\n",
 			 o->path ? o->path : "/derp", o->host ? o->host : host,
-			 o->fast_start ? "Derp-Fast-Start: 1\r\n" : "",
+			 c->fast_start ? "Derp-Fast-Start: 1\r\n" : "",
 			 o->ideal_node ? "Ideal-Node: " : "", o->ideal_node ? o->ideal_node : "",
 			 o->ideal_node ? "\r\n" : "",
 			 *up ? "Upgrade: " : "", up, *up ? "\r\n" : "");

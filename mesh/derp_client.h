@@ -22,10 +22,13 @@ struct derp_client;
 
 struct derp_client_opts {
 	const uint8_t *private_key;  /* 32 bytes; NULL = a fresh key */
-	/* Known server key (32 bytes). Required for fast_start. Without fast start, if set,
-	 * the ServerKey frame must carry this key. */
+	/* Known server key (32 bytes). Required for fast_start without TLS. Without fast
+	 * start, if set, the ServerKey frame must carry this key. */
 	const uint8_t *server_key;
-	int fast_start;              /* send Derp-Fast-Start: 1, pipeline ClientInfo */
+	/* send Derp-Fast-Start: 1, pipeline ClientInfo. With tls and no server_key, as a Go
+	 * client: the key comes from the meta certificate if TLS 1.3 was negotiated, and
+	 * without one (TLS 1.2, no meta certificate) the classic 101 exchange is used. */
+	int fast_start;
 	const char *ideal_node;      /* Ideal-Node header value, NULL = none */
 	const char *path;            /* request path, NULL = "/derp" */
 	const char *upgrade;         /* Upgrade header value, NULL = "DERP", "" = no header */
