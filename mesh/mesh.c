@@ -4,6 +4,9 @@
  * only dials, waits for it to end, and dials again. */
 #include "mesh/mesh.h"
 
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
+
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -43,6 +46,7 @@ static struct {
 	uint8_t key[32];
 	int have_key;
 	uint8_t priv[32], pub[32];
+	const char *ca_file; /* --mesh-ca-file, NULL = the system's roots */
 	struct peer *peers;
 	size_t npeers;
 } mesh = { .mu = PTHREAD_MUTEX_INITIALIZER };
@@ -358,6 +362,16 @@ static int dial(struct peer *p, int64_t deadline, char *err, size_t errlen)
 	return fd;
 }
 
+/* The TLS name of an entry: the host of its name, without port or brackets, as Go's
+ * URL.Hostname() gives it for https://<host>/derp. */
+static void tls_name(const struct mesh_target *t, char *out, size_t cap)
+{
+	long port;
+
+	if (split_host_port(t->name, strlen(t->name), out, cap, &port) != 0)
+		snprintf(out, cap, "%s", t->name);
+}
+
 static int left_ms(int64_t deadline)
 {
 	int64_t l = deadline - now_ms();
@@ -382,10 +396,15 @@ static struct derp_client *login(struct peer *p, int *self, char *err, size_t er
 		snprintf(err, errlen, "dup: %s", strerror(errno));
 		return NULL;
 	}
+	char name[256];
+	tls_name(&p->t, name, sizeof name);
 	struct derp_client_opts o = {
 		.private_key = mesh.priv,
 		.mesh_key = mesh.key,
 		.timeout_ms = left_ms(deadline),
+		.tls = p->t.tls,
+		.tls_server_name = name,
+		.tls_ca_file = mesh.ca_file,
 	};
 	struct derp_client *c = derp_client_open_fd(lib_fd, p->t.name, &o);
 	if (c) {
@@ -460,7 +479,9 @@ static void *watch_loop(void *arg)
 		}
 		size_t n = derp_client_buffered(c), got = 0;
 		uint8_t *buf = malloc(n ? n : 1);
-		int fd = buf ? derp_client_detach(c, buf, n, &got) : -1;
+		struct WOLFSSL *ssl = NULL;
+		int fd = !buf ? -1 : p->t.tls ? derp_client_detach_tls(c, &ssl, buf, n, &got)
+					      : derp_client_detach(c, buf, n, &got);
 		if (fd < 0) {
 			log_info("mesh(\"%s\"): cannot take over the connection: %s", p->t.name,
 				 buf ? derp_client_error() : "out of memory");
@@ -471,11 +492,14 @@ static void *watch_loop(void *arg)
 		p->adopted = fd >= 0 && !mesh.stopping;
 		pthread_mutex_unlock(&mesh.mu);
 		if (fd >= 0 && !p->adopted) {
+			if (ssl)
+				wolfSSL_free(ssl);
 			close(fd);
 			free(buf);
 			break;
 		}
-		if (fd >= 0 && server_mesh_adopt(fd, buf, got, p->t.name, on_closed, p) != 0) {
+		if (fd >= 0 && (ssl ? server_mesh_adopt_tls(fd, ssl, buf, got, p->t.name, on_closed, p)
+				    : server_mesh_adopt(fd, buf, got, p->t.name, on_closed, p)) != 0) {
 			pthread_mutex_lock(&mesh.mu);
 			p->adopted = 0;
 			pthread_mutex_unlock(&mesh.mu);
@@ -514,6 +538,15 @@ int mesh_init(const struct config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "--mesh-with requires --mesh-psk-file");
 		return -1;
 	}
+	mesh.ca_file = NULL;
+	if (cfg->mesh_ca_file && cfg->mesh_ca_file[0]) {
+		if (access(cfg->mesh_ca_file, R_OK) != 0) {
+			snprintf(err, errlen, "--mesh-ca-file %s: %s", cfg->mesh_ca_file,
+				 strerror(errno));
+			return -1;
+		}
+		mesh.ca_file = cfg->mesh_ca_file;
+	}
 	for (const char *s = w; s; s = strchr(s, ',') ? strchr(s, ',') + 1 : NULL)
 		n++;
 	mesh.peers = calloc(n, sizeof *mesh.peers);
@@ -532,12 +565,8 @@ int mesh_init(const struct config *cfg, char *err, size_t errlen)
 			log_info("mesh(\"%s\"): this server's own -hostname; skipped", p->t.name);
 			continue;
 		}
-		if (p->t.tls) {
-			snprintf(err, errlen, "-mesh-with \"%s\": meshing over https (port 443) is "
-				 "not supported yet; give host:port of a plain-HTTP listener",
-				 p->t.name);
-			goto fail;
-		}
+		/* a TLS server's peers serve TLS too: https whatever the port, as derper */
+		p->t.tls |= cfg->tls;
 		p->dial_fd = -1;
 		mesh.npeers++;
 	}

@@ -44,7 +44,8 @@ struct mesh_target {
 	char name[256];  /* host part as written: URL host, Host header, TLS name, log tag */
 	char dial[256];  /* host to connect to (dialhost, else the host of name) */
 	uint16_t port;   /* from name; 443 when absent */
-	int tls;         /* port 443: https (not supported yet), otherwise plain http */
+	int tls;         /* https: port 443 or none; mesh_init adds every entry of a server
+			  * that serves TLS itself. Otherwise plain http (derpd's extension) */
 	int via;         /* dial was given explicitly (host/dialhost) */
 };
 /* Parse one entry (len bytes of s). 0, or -1 with err set. */

@@ -128,6 +128,9 @@ static const struct flag_def flags[] = {
 	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 1,
 	     "PEM file of CA certificates trusted for the ACME server's HTTPS; empty: the\n"
 	     "system's"),
+	FLAG("mesh-ca-file", FT_STRING, mesh_ca_file, 1, 1,
+	     "PEM file of CA certificates trusted for the HTTPS of -mesh-with peers; empty:\n"
+	     "the system's"),
 	FLAG("metrics-addr", FT_STRING, metrics_addr, 1, 1,
 	     "host:port of a listener serving only /metrics and /debug/varz, with no\n"
 	     "debug access check (the bind address is the access control); empty: none"),
@@ -419,7 +422,7 @@ static void config_defaults(struct config *cfg)
 	cfg->secrets_cache_dir = secrets_cache_buf;
 	cfg->bootstrap_dns_names = cfg->unpublished_bootstrap_dns_names = "";
 	cfg->metrics_addr = "";
-	cfg->acme_directory = cfg->acme_ca_file = "";
+	cfg->acme_directory = cfg->acme_ca_file = cfg->mesh_ca_file = "";
 	cfg->verify_client_url = "";
 	cfg->verify_client_url_fail_open = 1;
 	cfg->socket_path = "";

@@ -47,6 +47,7 @@ struct config {
 	int64_t keepalive_ms;         /* --keepalive-interval, 60s (plus per-connection jitter) */
 	const char *acme_directory;   /* --acme-directory URL, "" = Let's Encrypt (gcp: Google) */
 	const char *acme_ca_file;     /* --acme-ca-file PEM roots for the ACME server, "" = system */
+	const char *mesh_ca_file;     /* --mesh-ca-file PEM roots for mesh peers' HTTPS, "" = system */
 
 	/* derived by config_parse */
 	int tls;                      /* derper's rule: -a port 443/https or certmode manual */

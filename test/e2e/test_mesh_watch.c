@@ -589,9 +589,9 @@ static void test_key_file_default_path(void **state)
 	mu_rmdir(dir);
 }
 
-/* SERVER.md §2, §11: -mesh-with needs a key; an entry has at most one '/'; https (no port
- * or port 443) is refused clearly until TLS lands; this server's own -hostname is skipped;
- * -secrets-url stays unsupported. */
+/* SERVER.md §2, §11: -mesh-with needs a key; an entry has at most one '/'; https entries
+ * (no port or port 443) start their watch loop (test_mesh_tls.c meshes over https); this
+ * server's own -hostname is skipped; -secrets-url stays unsupported. */
 static void test_mesh_with_config(void **state)
 {
 	char dir[64], path[128];
@@ -603,19 +603,20 @@ static void test_mesh_with_config(void **state)
 	expect_exit(dir, nokey, 1, "--mesh-with requires --mesh-psk-file");
 	const char *slashes[] = { "-mesh-psk-file", path, "-mesh-with", "a:1/b/c", NULL };
 	expect_exit(dir, slashes, 1, "too many components");
-	const char *tls[] = { "-mesh-psk-file", path, "-mesh-with", "derp2.example.com", NULL };
-	expect_exit(dir, tls, 1, "not supported yet");
-	const char *tls443[] = { "-mesh-psk-file", path, "-mesh-with", "127.0.0.1:443", NULL };
-	expect_exit(dir, tls443, 1, "not supported yet");
 	const char *port[] = { "-mesh-psk-file", path, "-mesh-with", "127.0.0.1:99999", NULL };
 	expect_exit(dir, port, 1, "invalid host");
 	const char *secrets[] = { "-secrets-url", "https://setec.example", NULL };
 	expect_exit(dir, secrets, 2, "-secrets-url is not supported yet");
 
 	const char *self[] = { "-mesh-psk-file", path, "-hostname", "derp1.example.com",
-			       "-mesh-with", "derp1.example.com", NULL };
+			       "-mesh-with", "derp1.example.com,127.0.0.1:443", NULL };
 	struct harness_server *s = harness_start(self);
 	assert_true(harness_log_contains(s, "mesh(\"derp1.example.com\"): this server's own"));
+	int64_t end = harness_now_ms() + 5000;
+	while (!harness_log_contains(s, "mesh(\"127.0.0.1:443\"): mesh connect: ") &&
+	       harness_now_ms() < end)
+		poll(NULL, 0, 10);
+	assert_true(harness_log_contains(s, "mesh(\"127.0.0.1:443\"): mesh connect: "));
 	harness_stop(s);
 	mu_rmdir(dir);
 }
