@@ -13,7 +13,6 @@
 #include "server/relay.h"
 #include "server/sentto.h"
 
-#define HTTP_HEAD_TIMEOUT_MS 30000  /* derper's HTTP read timeout */
 #define TLS_HANDSHAKE_TIMEOUT_MS 10000
 #define HANDSHAKE_TIMEOUT_MS 10000  /* PROTOCOL.md §6: ServerKey write, ClientInfo read */
 #define KEEPALIVE_JITTER_MS 5000

@@ -224,6 +224,7 @@ struct worker {
 } __attribute__((aligned(64)));
 
 #define WORKER_SCRATCH (16 * 1024)
+#define HTTP_HEAD_TIMEOUT_MS 30000 /* derper's HTTP read timeout, for the request head */
 
 /* Monotonic milliseconds. */
 int64_t now_ms(void);

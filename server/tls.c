@@ -54,6 +54,9 @@ int tls_handshake(struct conn *c)
 
 	if (r == WOLFSSL_SUCCESS) {
 		c->tls_done = 1;
+		/* As derper: the request head gets its own 30 s once the handshake is done. */
+		c->deadline_ms = now_ms() + HTTP_HEAD_TIMEOUT_MS;
+		worker_timer_set(c, c->deadline_ms);
 		c->tls_version = (uint8_t)tls_version_of(c->ssl);
 		httpd_tls_request_begin((enum httpd_tls_version)c->tls_version);
 		return 1;
