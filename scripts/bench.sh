@@ -54,10 +54,8 @@ run() {
 	shift
 	printf 'bench: %3ss  %-8s %s\n' "$(($(date +%s) - start))" "$label" "$*" >&2
 	for try in 1 2; do
-		if J=$("$BENCH" -q --no-progress --wait-quiet "$QUIET" --label "$label" "$@" \
-			2>"$OUT.err"); then
-			break
-		fi
+		J=$(timeout -k 5 180 "$BENCH" -q --no-progress --wait-quiet "$QUIET" \
+			--label "$label" "$@" 2>"$OUT.err") && break
 		rc=$?
 		cat "$OUT.err" >&2
 		echo "bench: derpd-bench $* failed (exit status $rc)" >&2

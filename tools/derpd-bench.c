@@ -1376,6 +1376,11 @@ int main(int argc, char **argv)
 	signal(SIGTERM, on_signal);
 	if (key_init() != 0)
 		die("libsodium initialisation failed");
+	/* The client library calls wolfSSL_Init() for every connection; the first call is not
+	 * safe from several login threads at once (it initialises wolfSSL's global RNG mutex):
+	 * make it here, before any thread. */
+	if (o.tls && wolfSSL_Init() != WOLFSSL_SUCCESS)
+		die("wolfSSL initialisation failed");
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
