@@ -166,10 +166,10 @@ static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t l
 static int rate_wait(struct conn *c, uint32_t len)
 {
 	uint32_t gen = __atomic_load_n(&relay.rate_gen, __ATOMIC_ACQUIRE);
-	int64_t now = now_ms();
 
 	if (c->is_mesh || c->rate_charged || (!gen && !c->rate_gen))
-		return 0;
+		return 0; /* the common case: no limits configured, no clock read */
+	int64_t now = now_ms();
 	if (gen != c->rate_gen) {
 		pthread_mutex_lock(&relay.rate_mu);
 		struct rate_config rc = relay.rate;

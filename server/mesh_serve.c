@@ -311,7 +311,7 @@ void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len)
 	struct derp_stats *st = &c->w->stats;
 	uint8_t *src = frame + FRAME_HEADER_LEN, dst[32], srck[32];
 	uint32_t n = len - 64;
-	struct pkt p = { c->rchunk, NULL, 0, (uint32_t)now_ms() };
+	struct pkt p = { c->rchunk, NULL, 0, (uint32_t)current_worker->loop_ms };
 	uint64_t dst_id;
 
 	STAT_ADD(st, packets_forwarded_in, 1);

@@ -221,6 +221,7 @@ struct worker {
 	struct conn *rate_waiting;      /* waiting for rate tokens; resumed to the ms */
 	struct conn **wheel;      /* timer wheel slots */
 	int64_t wheel_ms;         /* time up to which the wheel has been processed */
+	int64_t loop_ms;          /* now_ms() once per loop turn: per-packet time stamps */
 } __attribute__((aligned(64)));
 
 #define WORKER_SCRATCH (16 * 1024)

@@ -27,8 +27,11 @@ void sendq_count_drop(struct derp_stats *st, enum drop_reason r, const struct pk
 
 static void note_queue_time(struct derp_stats *st, const struct pkt *p)
 {
-	uint32_t waited = (uint32_t)now_ms() - p->enq_ms;
+	/* Stamps come from the workers' loop clocks, which may differ by a turn: clamp. */
+	int32_t waited = (int32_t)((uint32_t)current_worker->loop_ms - p->enq_ms);
 
+	if (waited < 0)
+		waited = 0;
 	STAT_ADD(st, queue_ns_sum, (uint64_t)waited * 1000000u);
 	STAT_ADD(st, queue_count, 1);
 }

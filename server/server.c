@@ -104,7 +104,7 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 	struct derp_stats *st = &current_worker->stats;
 	uint64_t dst_id;
 
-	p->enq_ms = (uint32_t)now_ms();
+	p->enq_ms = (uint32_t)current_worker->loop_ms;
 	switch (relay_deliver(src, dst, p, disco, &dst_id)) {
 	case CM_FOUND:
 		sentto_note(&src->sent, dst, dst_id);

@@ -327,7 +327,8 @@ static void *worker_main(void *arg)
 	struct epoll_event evs[256];
 
 	current_worker = w;
-	w->wheel_ms = now_ms() - now_ms() % WHEEL_TICK_MS;
+	w->loop_ms = now_ms();
+	w->wheel_ms = w->loop_ms - w->loop_ms % WHEEL_TICK_MS;
 	for (;;) {
 		if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && drain(w, now_ms()))
 			break;
@@ -338,6 +339,8 @@ static void *worker_main(void *arg)
 		else if (w->drain_until && wait > 10)
 			wait = 10;
 		int n = epoll_wait(w->epfd, evs, 256, wait);
+		/* One clock read per turn serves every packet's queue-time stamp. */
+		w->loop_ms = now_ms();
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &tag_listen) {
