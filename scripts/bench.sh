@@ -160,7 +160,10 @@ END {
 		dg = num("payload_gbps")
 		if (jv("fresh_pair_ms") != "") {
 			f = num("fresh_pair_ms"); if (f < 0) f = 1e9
-			if (worst_at == "" || f > worst_fresh) { worst_fresh = f; worst_at = a[1] " pairs x " a[2] " B" }
+			if (worst_at == "" || f > worst_fresh) {
+				worst_fresh = f; worst_at = a[1] " pairs x " a[2] " B"
+				worst_err = jv("fresh_pair_error")
+			}
 		}
 		mark = noisy()
 		printf "%5d %7d |%s%10.0f %7.3f %6.2f %8.2f %5.0f %6.1f |", a[1], a[2], mark,
@@ -253,6 +256,8 @@ END {
 		printf "  %-7s (DESIGN.md) after overload a fresh pair logs in and relays within 1 s: worst %s at %s\n",
 		    (worst_fresh < 1000) ? "met" : "NOT met",
 		    (worst_fresh >= 1e9) ? "failed" : sprintf("%.0f ms", worst_fresh), worst_at
+	if (worst_fresh >= 1e9)
+		printf "          (%s)\n", worst_err
 }' "$OUT"
 echo ""
 echo "every run as one JSON line: $OUT"

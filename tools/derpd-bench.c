@@ -663,6 +663,7 @@ struct result {
 	double srv_cpu, bench_cpu, mach_pct, softirq_pct, steal_pct, others_pct;
 	long srv_hwm, srv_rss;
 	double fresh_ms;
+	char fresh_err[200];
 	char capped[160];
 };
 
@@ -752,8 +753,8 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 			       (unsigned long long)r->wrong, (unsigned long long)r->closed);
 		if (r->fresh_ms >= 0 || !tg->raw)
 			printf("  %-12s a fresh pair logged in and relayed a packet %.1f ms after "
-			       "the window%s\n", "recovery", r->fresh_ms,
-			       r->fresh_ms < 0 ? ": FAILED within 5 s" : "");
+			       "the window%s%s\n", "recovery", r->fresh_ms,
+			       r->fresh_ms < 0 ? ": FAILED: " : "", r->fresh_err);
 		if (r->capped[0])
 			printf("  %-12s %s\n", "capped", r->capped);
 	}
@@ -779,6 +780,8 @@ static void print_relay(const struct target *tg, const struct result *r, long fd
 	       (unsigned long long)r->other,
 	       (unsigned long long)r->wrong, (unsigned long long)r->closed, fdlim);
 	json_str(r->capped);
+	printf(",\"fresh_pair_error\":");
+	json_str(r->fresh_err);
 	printf("}\n");
 	fflush(stdout);
 }
@@ -814,23 +817,45 @@ static void raw_connect_all(const struct target *tg, int *fds, int npairs)
 
 /* Overload must not wedge the server: right after the window, with the backlog still
  * draining, a fresh pair logs in and relays one packet. Milliseconds, -1 on failure. */
-static double fresh_pair_ms(const struct target *tg)
+static double fresh_pair_ms(const struct target *tg, char *err, size_t el)
 {
 	struct derp_client_opts op = { .timeout_ms = 5000, .tls = o.tls, .tls_insecure = 1 };
 	char host[INET_ADDRSTRLEN];
 	double ms = -1;
 	int64_t t0 = now_ns();
+	int r = 0;
 
 	inet_ntop(AF_INET, &tg->addr.sin_addr, host, sizeof host);
 	struct derp_client *a = derp_client_connect(host, ntohs(tg->addr.sin_port), &op);
 	struct derp_client *b = a ? derp_client_connect(host, ntohs(tg->addr.sin_port), &op) : NULL;
-	if (b && derp_client_send(a, derp_client_public_key(b), "fresh pair", 10) == 0) {
+	if (!b)
+		snprintf(err, el, "login %s: %s", a ? "b" : "a", derp_client_error());
+	else if ((r = derp_client_send(a, derp_client_public_key(b), "fresh pair", 10)) != 0)
+		snprintf(err, el, "send: %s", derp_client_error());
+	for (struct derp_msg m; b && !r && ms < 0;) {
+		if ((r = derp_client_recv(b, &m, 5000)) != 0)
+			snprintf(err, el, "receive (%.0f ms): %s", (double)(now_ns() - t0) / 1e6,
+				 r == DERP_CLIENT_TIMEOUT ? "no packet within 5 s"
+							  : derp_client_error());
+		else if (m.kind == DERP_MSG_PACKET)
+			ms = (double)(now_ns() - t0) / 1e6;
+	}
+	if (b && r == DERP_CLIENT_TIMEOUT) {
+		/* Lost, or stuck until something else moves it: in the receiver's queue (a packet
+		 * from a third client frees it) or unread on the sender's socket (one more from
+		 * the sender does)? */
 		struct derp_msg m;
-		while (derp_client_recv(b, &m, 5000) == 0)
-			if (m.kind == DERP_MSG_PACKET) {
-				ms = (double)(now_ns() - t0) / 1e6;
-				break;
-			}
+		int got[2] = { 0, 0 };
+		struct derp_client *c = derp_client_connect(host, ntohs(tg->addr.sin_port), &op);
+		for (int i = 0; i < 2; i++) {
+			derp_client_send(i ? a : c ? c : a, derp_client_public_key(b), "fresh", 5);
+			while (derp_client_recv(b, &m, 1000) == 0)
+				got[i] += m.kind == DERP_MSG_PACKET;
+		}
+		derp_client_close(c);
+		size_t l = strlen(err);
+		snprintf(err + l, el - l, "; then a packet from a third client brought %d, one more "
+			 "from the sender %d", got[0], got[1]);
 	}
 	derp_client_close(a);
 	derp_client_close(b);
@@ -1010,7 +1035,7 @@ static void run_relay(struct target *tg, long fdlim)
 		r.steal_pct = 100 * ncpu * (m1.steal - m0.steal) / mt;
 	}
 	r.measured_s = (double)(now_ns() - g_t0) / 1e9;
-	r.fresh_ms = tg->raw ? -1 : fresh_pair_ms(tg);
+	r.fresh_ms = tg->raw ? -1 : fresh_pair_ms(tg, r.fresh_err, sizeof r.fresh_err);
 
 	/* Drain: until every packet sent in the window has arrived, nothing arrives for
 	 * 300 ms, or --drain seconds. */
