@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -21,6 +22,14 @@ static int64_t mono_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* wolfSSL_Init's first call is not thread-safe; tools log in from many threads. */
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init_wolfssl(void)
+{
+	wolfSSL_Init();
 }
 
 static int is_ip(const char *s)
@@ -87,13 +96,14 @@ struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_
 				 char *err, size_t errlen)
 {
 	static char alpn[] = "http/1.1";
-	WOLFSSL_METHOD *method = o->max_version == 1 ? wolfTLSv1_1_client_method()
-			       : o->max_version == 2 ? wolfTLSv1_2_client_method()
-						     : wolfSSLv23_client_method();
+	WOLFSSL_METHOD *method;
 	WOLFSSL_CTX *ctx;
 	WOLFSSL *ssl = NULL;
 
-	wolfSSL_Init();
+	pthread_once(&init_once, init_wolfssl);
+	method = o->max_version == 1 ? wolfTLSv1_1_client_method()
+	       : o->max_version == 2 ? wolfTLSv1_2_client_method()
+				     : wolfSSLv23_client_method();
 	if (!method || !(ctx = wolfSSL_CTX_new(method))) {
 		snprintf(err, errlen, "TLS: cannot create a context for that version");
 		return NULL;

@@ -211,6 +211,8 @@ struct worker {
 	struct derp_stats stats;
 	pthread_mutex_t ready_mu;
 	struct conn *ready;       /* conns with pending output */
+	struct conn **drain;      /* ready_drain's snapshot of that list */
+	int ndrain;
 	struct conn *grave;       /* closed, freed at the end of the loop iteration */
 	struct conn *conns;       /* every live conn of this worker */
 	struct outbatch *batch_pool;

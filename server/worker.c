@@ -170,22 +170,44 @@ void worker_wake(struct worker *w)
 		log_info("derpd: worker %d: eventfd write: %s", w->id, strerror(errno));
 }
 
+/* Take the ready list as an array: handling one connection may mark another of the same
+ * list ready again, which relinks it; walking the links would then skip the rest. */
+static int ready_take(struct worker *w)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&w->ready_mu);
+	for (struct conn *c = w->ready; c; c = c->ready_next) {
+		if (n == w->ndrain) {
+			int cap = w->ndrain ? w->ndrain * 2 : 256;
+			struct conn **a = realloc(w->drain, cap * sizeof *a);
+			if (!a)
+				break; /* the rest stays listed for the next turn */
+			w->drain = a;
+			w->ndrain = cap;
+		}
+		w->drain[n++] = c;
+	}
+	/* Unlink exactly the n taken; anything left (out of memory) stays for later. */
+	struct conn *rest = n ? w->drain[n - 1]->ready_next : w->ready;
+	for (int i = 0; i < n; i++)
+		w->drain[i]->on_ready = 0;
+	w->ready = rest;
+	pthread_mutex_unlock(&w->ready_mu);
+	return n;
+}
+
 static void ready_drain(struct worker *w)
 {
 	if (!__atomic_load_n(&w->ready, __ATOMIC_RELAXED))
 		return;
 	for (int round = 0; round < 4; round++) {
-		pthread_mutex_lock(&w->ready_mu);
-		struct conn *list = w->ready;
-		w->ready = NULL;
-		for (struct conn *c = list; c; c = c->ready_next)
-			c->on_ready = 0;
-		pthread_mutex_unlock(&w->ready_mu);
-		if (!list)
+		int n = ready_take(w);
+		if (!n)
 			return;
-		while (list) {
-			struct conn *c = list;
-			list = c->ready_next;
+		/* Closed connections stay allocated until the end of this loop turn. */
+		for (int i = 0; i < n; i++) {
+			struct conn *c = w->drain[i];
 			if (c->state != CS_CLOSED && __atomic_load_n(&c->close_req, __ATOMIC_ACQUIRE))
 				conn_close(c, "closed by a mesh peer (ClosePeer)");
 			if (c->state != CS_CLOSED && c->read_more) {
@@ -399,6 +421,7 @@ static void *worker_main(void *arg)
 		w->batch_pool = b->next;
 		free(b);
 	}
+	free(w->drain);
 	chunk_cache_drain();
 	return NULL;
 }
