@@ -163,68 +163,51 @@ void relay_peer_gone(struct conn *c)
 
 /* ---- listeners ---- */
 
-static int listen_socket(const struct config *cfg, int port, char *err, size_t errlen)
+/* A listening socket on host:port (host "" = all interfaces: one dual-stack IPv6 socket,
+ * as Go does, or IPv4 only on a host without IPv6). */
+static int listen_socket(const struct config *cfg, int port, int reuseport, char *err,
+			 size_t errlen)
 {
+	const char *host = cfg->listen_host[0] ? cfg->listen_host : "::";
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
 	struct addrinfo *res = NULL;
 	char portstr[8];
 	int fd = -1, one = 1, zero = 0;
 
 	snprintf(portstr, sizeof portstr, "%d", port);
-	/* No host: all interfaces, IPv4 and IPv6 on one dual-stack socket (as Go does). */
-	hints.ai_family = cfg->listen_host[0] ? AF_UNSPEC : AF_INET6;
-	int gai = getaddrinfo(cfg->listen_host[0] ? cfg->listen_host : "::", portstr, &hints, &res);
-	if (gai != 0) {
-		snprintf(err, errlen, "-a %s: %s", cfg->addr, gai_strerror(gai));
-		return -1;
-	}
-	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 && !cfg->listen_host[0]) {
-		/* No IPv6 on this host: fall back to IPv4 only. */
-		struct sockaddr_in *in = calloc(1, sizeof *in);
-		freeaddrinfo(res);
-		res = calloc(1, sizeof *res);
-		if (!in || !res) {
-			free(in);
-			free(res);
-			snprintf(err, errlen, "out of memory");
+	for (int attempt = 0; attempt < 2 && fd < 0; attempt++) {
+		if (attempt == 1) {
+			if (cfg->listen_host[0] || errno != EAFNOSUPPORT)
+				break;
+			host = "0.0.0.0"; /* no IPv6 on this host */
+		}
+		int gai = getaddrinfo(host, portstr, &hints, &res);
+		if (gai != 0) {
+			snprintf(err, errlen, "-a %s: %s", cfg->addr, gai_strerror(gai));
 			return -1;
 		}
-		in->sin_family = AF_INET;
-		in->sin_port = htons((uint16_t)port);
-		res->ai_family = AF_INET;
-		res->ai_addr = (struct sockaddr *)in;
-		res->ai_addrlen = sizeof *in;
-		fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one),
-				bind(fd, res->ai_addr, res->ai_addrlen) != 0)) {
-			close(fd);
-			fd = -1;
+		fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			int e = errno;
+			freeaddrinfo(res);
+			res = NULL;
+			errno = e;
 		}
-		free(in);
-		free(res);
-		res = NULL;
-		if (fd < 0)
-			goto fail;
-		goto listen;
 	}
 	if (fd < 0)
 		goto fail;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
 	if (res->ai_family == AF_INET6 && !cfg->listen_host[0])
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-	if (bind(fd, res->ai_addr, res->ai_addrlen) != 0)
-		goto fail;
-listen:
 	if (cfg->tcp_user_timeout_ms > 0) {
 		unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
 		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
 	}
-	if (listen(fd, 4096) != 0)
+	if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0)
 		goto fail;
-	if (res)
-		freeaddrinfo(res);
+	freeaddrinfo(res);
 	return fd;
 fail:
 	snprintf(err, errlen, "listen on %s: %s", cfg->addr, strerror(errno));
@@ -308,9 +291,17 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	}
 	memset(relay.workers, 0, sizeof(struct worker) * relay.nworkers);
 	int port = cfg->listen_port;
+	if (port) {
+		/* SO_REUSEPORT would let a second derpd (same user) share the port and split the
+		 * traffic; a probe without it fails like derper does if the port is taken. */
+		int probe = listen_socket(cfg, port, 0, err, errlen);
+		if (probe < 0)
+			return -1;
+		close(probe);
+	}
 	for (int i = 0; i < relay.nworkers; i++) {
 		struct worker *w = &relay.workers[i];
-		int lfd = listen_socket(cfg, port, err, errlen);
+		int lfd = listen_socket(cfg, port, 1, err, errlen);
 		if (lfd < 0)
 			return -1;
 		port = bound_port(lfd); /* port 0: every worker joins the first one's port */

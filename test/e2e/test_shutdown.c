@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,10 +66,51 @@ static void test_sigterm_sends_restarting(void **state)
 	harness_stop(s);
 }
 
+/* A second derpd on a port one already serves must fail (exit 1, "address already in
+ * use", as derper does), not quietly share it through SO_REUSEPORT and split the
+ * traffic; the first keeps serving. */
+static void test_port_in_use(void **state)
+{
+	(void)state;
+	struct harness_server *s = harness_start(NULL);
+	char addr[32], key[256];
+	snprintf(addr, sizeof addr, "127.0.0.1:%u", s->port);
+	snprintf(key, sizeof key, "%s/second.key", s->dir);
+	int out[2];
+	assert_int_equal(pipe(out), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(out[1], 2);
+		execl(getenv("DERPD_BIN"), "derpd", "-a", addr, "-c", key, "-stun=false",
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	int st = wait_exit(pid, 10000);
+	if (st == -1)
+		kill(pid, SIGKILL), waitpid(pid, NULL, 0);
+	char log[4096] = "";
+	ssize_t n = read(out[0], log, sizeof log - 1);
+	log[n > 0 ? n : 0] = '\0';
+	close(out[0]);
+	assert_true(st != -1);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 1);
+	assert_non_null(strstr(log, "Address already in use"));
+	struct derp_client *a = harness_client(s, NULL), *b = harness_client(s, NULL);
+	harness_relay_check(a, b);
+	derp_client_close(a);
+	derp_client_close(b);
+	unlink(key);
+	harness_stop(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sigterm_sends_restarting),
+		cmocka_unit_test(test_port_in_use),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
