@@ -200,7 +200,6 @@ int der_next(struct der_rd *r, uint8_t *tag, struct der_rd *content)
 
 	if (r->n < 2)
 		return -1;
-	*tag = r->p[0];
 	len = r->p[1];
 	if (len & 0x80) {
 		int bytes = len & 0x7f;
@@ -213,6 +212,8 @@ int der_next(struct der_rd *r, uint8_t *tag, struct der_rd *content)
 	}
 	if (len > r->n - k)
 		return -1;
+	/* Nothing is changed on failure: callers may test *tag after a failed call. */
+	*tag = r->p[0];
 	content->p = r->p + k;
 	content->n = len;
 	r->p += k + len;
@@ -303,9 +304,10 @@ int cert_info_parse(const uint8_t *der, size_t len, struct cert_info *ci)
 					continue;
 				if (oid.n != 3 || memcmp(oid.p, OID_AKI, 3) != 0)
 					continue;
-				while (der_next(&a, &tag, &val) == 0 && tag != 0x04)
-					;
-				if (tag != 0x04 || der_next(&val, &tag, &ki) != 0 || tag != 0x30)
+				int found = 0;
+				while (!found && der_next(&a, &tag, &val) == 0)
+					found = tag == 0x04;
+				if (!found || der_next(&val, &tag, &ki) != 0 || tag != 0x30)
 					continue;
 				while (der_next(&ki, &tag, &kc) == 0) {
 					if (tag == 0x80 && kc.n <= sizeof ci->aki) {
