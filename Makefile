@@ -108,8 +108,12 @@ check-flags: derpd
 	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \
 	 else echo "check-flags: ../shared/tools/flagcheck not present, skipped"; fi
 
-# libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
+# libFuzzer targets (clang). FUZZ_SECONDS bounds each run; FUZZ_SEED/FUZZ_RUNS make a run
+# repeatable (CI uses a fixed seed and count from the committed seeds, so a crash found
+# there is found again locally; run longer, random ones by hand to search).
 FUZZ_SECONDS ?= 20
+FUZZ_SEED ?= 0
+FUZZ_RUNS ?= -1
 fuzz: $(FUZZ_SRC) | $(WOLFSSL_DEP)
 	@mkdir -p $(BUILD)/fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
@@ -117,7 +121,8 @@ fuzz: $(FUZZ_SRC) | $(WOLFSSL_DEP)
 	    -o $(BUILD)/fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -pthread -lm || exit 1; \
 	  mkdir -p $(BUILD)/fuzz/corpus-$$n && cp test/fuzz/corpus/$$n/* $(BUILD)/fuzz/corpus-$$n/ 2>/dev/null; \
 	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-	  if ! $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+	  if ! $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) \
+	      -runs=$(FUZZ_RUNS) -print_final_stats=0 \
 	      $(BUILD)/fuzz/corpus-$$n > $(BUILD)/fuzz/$$n.log 2>&1; then \
 	    tail -n 40 $(BUILD)/fuzz/$$n.log; echo "fuzz: $$n FAILED"; exit 1; fi; \
 	  tail -n 1 $(BUILD)/fuzz/$$n.log; done
