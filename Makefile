@@ -127,7 +127,7 @@ fuzz: $(FUZZ_SRC) | $(WOLFSSL_DEP)
 	    tail -n 40 $(BUILD)/fuzz/$$n.log; echo "fuzz: $$n FAILED"; exit 1; fi; \
 	  tail -n 1 $(BUILD)/fuzz/$$n.log; done
 
-install: derpd
+install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0755 derpd $(DESTDIR)$(PREFIX)/bin/derpd
 	install -m 0644 man/derpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/derpd.8
