@@ -264,7 +264,6 @@ struct relay {
 	uint32_t rate_gen;       /* atomic: bumped on every (re)load */
 	int64_t start_ms;
 	double memstats_sys0;
-	int port;              /* the bound listen port */
 	uint64_t next_conn_id; /* atomic */
 };
 extern struct relay relay;
@@ -279,8 +278,6 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 void relay_not_here(struct conn *c, const uint8_t dst[32]);
 /* PeerGone(key) to each (destination, connection id) of set still on that connection. */
 void relay_send_gone(const uint8_t key[32], const struct sentto *set);
-/* The key of a departed client: tell those who heard from it (PeerGone Disconnected). */
-void relay_peer_gone(struct conn *c);
 
 /* ---- the mesh, server side (mesh_serve.c) ---- */
 

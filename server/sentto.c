@@ -95,11 +95,6 @@ void sentto_remove(struct sentto *s, const uint8_t dst[32])
 	s->n--;
 }
 
-int sentto_empty(const struct sentto *s)
-{
-	return !s || s->n == 0;
-}
-
 void sentto_foreach(const struct sentto *s,
 		    void (*fn)(void *arg, const uint8_t dst[32], uint64_t conn_id), void *arg)
 {

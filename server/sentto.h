@@ -14,7 +14,6 @@ void sentto_remove(struct sentto *set, const uint8_t dst[32]);
 /* Visit every entry. */
 void sentto_foreach(const struct sentto *set,
 		    void (*fn)(void *arg, const uint8_t dst[32], uint64_t conn_id), void *arg);
-int sentto_empty(const struct sentto *set);
 void sentto_free(struct sentto *set);
 
 #endif

@@ -156,11 +156,6 @@ void relay_send_gone(const uint8_t key[32], const struct sentto *set)
 	sentto_foreach(set, gone_to, (void *)key);
 }
 
-void relay_peer_gone(struct conn *c)
-{
-	relay_send_gone(c->key, c->sent);
-}
-
 /* ---- listeners ---- */
 
 /* A listening socket on host:port (host "" = all interfaces: one dual-stack IPv6 socket,
@@ -319,7 +314,6 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 		log_info("derpd: serving on [%s]:%d", cfg->listen_host, port);
 	else
 		log_info("derpd: serving on %s:%d", cfg->listen_host, port);
-	relay.port = port;
 	return 0;
 }
 
@@ -355,11 +349,6 @@ void server_set_rate_config(const struct rate_config *rc)
 	pthread_mutex_unlock(&relay.rate_mu);
 	/* Each connection notices the new generation at its next frame. */
 	__atomic_add_fetch(&relay.rate_gen, 1, __ATOMIC_RELEASE);
-}
-
-int server_port(void)
-{
-	return relay.port;
 }
 
 /* ---- views for other modules ---- */

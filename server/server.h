@@ -16,8 +16,6 @@ struct rate_config;
 void server_set_cert_provider(struct cert_provider *p);
 /* Apply a (re)loaded --rate-config to every connection, live ones included. */
 void server_set_rate_config(const struct rate_config *rc);
-/* The bound TCP port (useful with -a :0). */
-int server_port(void);
 
 /* The server's public key (valid after start-up). */
 const uint8_t *server_public_key(void);
