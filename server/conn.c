@@ -278,6 +278,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		mesh_out_closed(c); /* before the fd goes: no forwarder may point at a dead conn */
 	worker_timer_del(c);
 	ready_unlink(c);
+	worker_read_forget(c);
 	tls_conn_end(c);
 	if (keep_fd)
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);

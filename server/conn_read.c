@@ -198,8 +198,7 @@ static int parse_frames(struct conn *c)
 			return 1; /* frames wait for the admission answer (handshake_admitted) */
 		if (c->paused) {
 			c->paused = 0;
-			c->read_more = 1; /* resume next turn, after the other worker's */
-			worker_mark_ready(c);
+			worker_read_later(c); /* resume next turn, after the other worker's */
 			return 1;
 		}
 		uint32_t avail = c->rend - c->rstart;
@@ -312,6 +311,7 @@ int conn_ensure_space(struct conn *c)
 
 void conn_on_readable(struct conn *c)
 {
+	worker_read_forget(c);
 	if (c->ssl && !c->tls_done && tls_handshake(c) <= 0)
 		return;
 	if (c->state == CS_BRIDGE) {
@@ -353,6 +353,7 @@ void conn_on_readable(struct conn *c)
 			conn_close(c, strerror(errno));
 			return;
 		}
+		c->w->rbytes += (uint64_t)n;
 		if (c->ws) {
 			if (ws_ingest(c, (uint32_t)n) != 0)
 				return;
@@ -368,11 +369,13 @@ void conn_on_readable(struct conn *c)
 			return;
 		if (r > 0)
 			break;
-		if (i == READ_BUDGET - 1) {
-			/* More may be waiting, and edge-triggered epoll will not say so again. */
-			c->read_more = 1;
-			worker_mark_ready(c);
-		}
+		/* A short read emptied the socket (epoll(7)): new data makes a new edge, so
+		 * the read that would return EAGAIN can be saved. Not for TLS, which may hold
+		 * decrypted bytes, nor once the peer has shut down (no edge would follow). */
+		if ((uint32_t)n < room && !c->ssl && !c->peer_shut)
+			break;
+		if (i == READ_BUDGET - 1)
+			worker_read_later(c); /* edge-triggered epoll will not say so again */
 	}
 	/* Idle connections hold no buffer. */
 	if (c->rchunk && c->rstart == ws_data_end(c)) {

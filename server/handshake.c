@@ -204,8 +204,7 @@ void handshake_admitted(struct worker *w)
 				conn_close(c, "out of memory");
 			else if (conn_flush(c) == 0) {
 				/* Frames the client sent meanwhile wait in the buffer. */
-				c->read_more = 1;
-				worker_mark_ready(c);
+				worker_read_later(c);
 			}
 		}
 		free(a);

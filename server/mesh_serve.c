@@ -466,8 +466,7 @@ static void adopt_one(struct worker *w, struct mesh_out *mo)
 	}
 	/* Whatever arrived before the adoption (buffered or still in the socket) is read
 	 * now; edge-triggered epoll would not report it again. */
-	c->read_more = 1;
-	worker_mark_ready(c);
+	worker_read_later(c);
 }
 
 void mesh_out_adopt_pending(struct worker *w)

@@ -89,7 +89,8 @@ struct conn {
 	uint8_t preferred, is_mesh, is_prober, not_ideal, registered, fast_start;
 	uint8_t on_ready;       /* on w->ready; guarded by w->ready_mu */
 	uint8_t pong_pending;
-	uint8_t read_more;
+	uint8_t on_more;        /* on w->more: its read budget ran out with data left */
+	uint8_t peer_shut;      /* EPOLLRDHUP/HUP/ERR seen: read to the end, not to a short read */
 	uint8_t read_large;     /* reads fill small chunks: use large ones */
 	uint8_t paused;         /* stop parsing: a receiver on another worker is catching up */
 	uint8_t admitting;      /* 1: admission asked; 2: closed meanwhile, freed on the answer */
@@ -100,7 +101,7 @@ struct conn {
 	struct token_bucket tb; /* --rate-config receive limit (never for mesh peers) */
 	uint8_t is_watcher;     /* sent WatchConns: in relay.watchers */
 	uint8_t outbound;       /* our own client connection to a mesh peer */
-	uint8_t close_req;      /* atomic: another thread asked for this conn to close */      /* read budget ran out with data left: read again next turn */
+	uint8_t close_req;      /* atomic: another thread asked for this conn to close */
 	uint8_t pong[8];
 	uint64_t id;
 	uint8_t key[32];
@@ -140,6 +141,7 @@ struct conn {
 	struct ws_conn *ws;     /* DERP over WebSocket (ws_conn.c) */
 
 	struct conn *ready_next;
+	struct conn *more_next, *more_prev;
 	struct conn *next, *prev; /* worker's list of all its conns */
 };
 
@@ -213,6 +215,8 @@ struct worker {
 	struct conn *ready;       /* conns with pending output */
 	struct conn **drain;      /* ready_drain's snapshot of that list */
 	int ndrain;
+	struct conn *more, *more_tail; /* read backlog, oldest first (worker_read_later) */
+	uint64_t rbytes;          /* bytes read so far: budgets the backlog's turn */
 	struct conn *grave;       /* closed, freed at the end of the loop iteration */
 	struct conn *conns;       /* every live conn of this worker */
 	struct outbatch *batch_pool;
@@ -236,6 +240,10 @@ int64_t now_ms(void);
 struct worker *worker_mark_ready(struct conn *c);
 void worker_wake(struct worker *w);
 void worker_timer_set(struct conn *c, int64_t at_ms);
+/* c has more to read than one turn's share: read it in a later turn, in arrival order.
+ * conn_on_readable() takes it off that list again. Owner worker only. */
+void worker_read_later(struct conn *c);
+void worker_read_forget(struct conn *c);
 /* c waits for rate-limit tokens until c->rate_resume_ms; resume it then, to the ms (the
  * timer wheel's 100 ms ticks would cut a limited client's rate). */
 void worker_rate_wait(struct conn *c);

@@ -18,6 +18,7 @@
 #define WHEEL_SLOTS 1024   /* power of two */
 #define WHEEL_TICK_MS 100  /* resolution of every deadline */
 #define ACCEPT_BUDGET 64
+#define MORE_BUDGET (256 * 1024) /* backlog bytes read per loop turn */
 #define BATCH_POOL_MAX 64
 /* Graceful stop (a derpd extension): clients are told to reconnect in RESTART_IN_MS and
  * keep trying for RESTART_TRY_MS; queued output gets DRAIN_MS to go out. */
@@ -131,8 +132,7 @@ static int rate_resume(struct worker *w, int64_t now)
 		if (c->rate_resume_ms <= now) {
 			*pp = c->rate_next;
 			c->rate_resume_ms = 0;
-			c->read_more = 1; /* the tokens are there: parse and read again */
-			worker_mark_ready(c);
+			worker_read_later(c); /* the tokens are there: parse and read again */
 			continue;
 		}
 		if (c->rate_resume_ms < next)
@@ -197,6 +197,8 @@ static int ready_take(struct worker *w)
 	return n;
 }
 
+/* Write out what the ready list holds. Closed connections stay allocated until the end
+ * of this loop turn. */
 static void ready_drain(struct worker *w)
 {
 	if (!__atomic_load_n(&w->ready, __ATOMIC_RELAXED))
@@ -205,18 +207,65 @@ static void ready_drain(struct worker *w)
 		int n = ready_take(w);
 		if (!n)
 			return;
-		/* Closed connections stay allocated until the end of this loop turn. */
 		for (int i = 0; i < n; i++) {
 			struct conn *c = w->drain[i];
 			if (c->state != CS_CLOSED && __atomic_load_n(&c->close_req, __ATOMIC_ACQUIRE))
 				conn_close(c, "closed by a mesh peer (ClosePeer)");
-			if (c->state != CS_CLOSED && c->read_more) {
-				c->read_more = 0;
-				conn_on_readable(c);
-			}
 			if (c->state != CS_CLOSED)
 				conn_flush(c);
 		}
+	}
+}
+
+/* ---- read backlog: connections with more to read than one turn's share ---- */
+
+void worker_read_later(struct conn *c)
+{
+	struct worker *w = c->w;
+
+	if (c->on_more)
+		return;
+	c->on_more = 1;
+	c->more_next = NULL;
+	c->more_prev = w->more_tail;
+	if (w->more_tail)
+		w->more_tail->more_next = c;
+	else
+		w->more = c;
+	w->more_tail = c;
+}
+
+void worker_read_forget(struct conn *c)
+{
+	struct worker *w = c->w;
+
+	if (!c->on_more)
+		return;
+	c->on_more = 0;
+	if (c->more_prev)
+		c->more_prev->more_next = c->more_next;
+	else
+		w->more = c->more_next;
+	if (c->more_next)
+		c->more_next->more_prev = c->more_prev;
+	else
+		w->more_tail = c->more_prev;
+}
+
+/* Read the backlog oldest first, about MORE_BUDGET bytes a turn. Connections flooding
+ * the server take turns here, while a loop turn stays short: epoll's events (logins,
+ * senders with nothing queued) never wait behind a flood. */
+static void more_run(struct worker *w)
+{
+	uint64_t start = w->rbytes;
+	struct conn *last = w->more_tail;
+
+	while (w->more && w->rbytes - start < MORE_BUDGET) {
+		struct conn *c = w->more;
+		conn_on_readable(c); /* takes c off the list; puts it at the end if need be */
+		ready_drain(w);
+		if (c == last)
+			break;
 	}
 }
 
@@ -356,7 +405,7 @@ static void *worker_main(void *arg)
 			break;
 		/* Left-over work on the ready list: poll without sleeping. */
 		int wait = w->rate_waiting ? rate_resume(w, now_ms()) : WHEEL_TICK_MS;
-		if (__atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
+		if (w->more || __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
 			wait = 0;
 		else if (w->drain_until && wait > 10)
 			wait = 10;
@@ -378,10 +427,14 @@ static void *worker_main(void *arg)
 					bridge_pump(c);
 			} else {
 				struct conn *c = p;
-				if (c->state != CS_CLOSED && (evs[i].events & EPOLLOUT))
+				uint32_t e = evs[i].events;
+				if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+					c->peer_shut = 1;
+				if (c->state != CS_CLOSED && (e & EPOLLOUT))
 					conn_on_writable(c);
-				if (c->state != CS_CLOSED &&
-				    (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+				/* One on the backlog is read in its turn there. */
+				if (c->state != CS_CLOSED && !c->on_more &&
+				    (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
 					conn_on_readable(c);
 			}
 			/* Deliver what that read produced before reading more: receivers'
@@ -395,6 +448,7 @@ static void *worker_main(void *arg)
 		if (w->rate_waiting)
 			rate_resume(w, now_ms());
 		ready_drain(w);
+		more_run(w);
 		int64_t now = now_ms();
 		if (now - w->wheel_ms >= WHEEL_TICK_MS) {
 			wheel_run(w, now);
