@@ -101,6 +101,11 @@ run idle-lat --derpd "$DERPD" -p 100 -l 1200 -r 10 $T
 for f in 50 70 90; do
 	run "load$f" --derpd "$DERPD" -p 100 -l 1200 -r "$(calc "printf \"%.1f\", $S * $f / 100 / 100")" $T
 done
+# The reference at the idle and 50 % loads: what this machine allows any relay.
+if [ "$nginx_ok" = 1 ]; then
+	run idle-lat --nginx -p 100 -l 1200 -r 10 $T
+	run load50 --nginx -p 100 -l 1200 -r "$(calc "printf \"%.1f\", $S * 50 / 100 / 100")" $T
+fi
 for n in $IDLE; do
 	run idle --derpd "$DERPD" --idle "$n"
 done
@@ -136,6 +141,8 @@ function noisy() {
 		key = jv("pairs") " " jv("payload")
 		if (!(key in seen)) { seen[key] = 1; order[++n] = key }
 		row[key, srv] = $0
+	} else if ((lab == "ramp" || lab == "idle-lat" || lab ~ /^load/) && srv == "nginx") {
+		refpaced[lab] = $0
 	} else if (lab == "ramp" || lab == "idle-lat" || lab ~ /^load/) {
 		paced[++np] = $0
 	} else if (lab == "ring") {
@@ -202,18 +209,23 @@ END {
 		}
 	}
 	print ""
-	printf "paced load, 100 pairs x 1200 B, derpd; saturation S = %d packets/s: the highest offered\n", S
-	print "rate of a x1.25 ramp that was delivered (>= 99 %, loss <= 1 %). CPU: derpd, bench and"
-	print "the whole machine (% of one core; softirq work is not always charged to a process)"
-	printf "%-9s %9s %6s %9s %7s %8s %8s %8s %5s %5s %5s\n", "run", "offered", "% of S",
-	    "delivered", "loss%", "p50 us", "p99 us", "p999 us", "derpd", "bench", "all"
+	printf "paced load, 100 pairs x 1200 B; saturation S = %d packets/s: the highest offered rate\n", S
+	print "of a x1.25 ramp derpd delivered (>= 99 %, loss <= 1 %); nginx at the idle and 50 % loads."
+	print "CPU: the server, the bench and the whole machine (% of one core; softirq work is not"
+	print "always charged to a process)"
+	printf "%-14s %9s %6s %9s %7s %8s %8s %8s %5s %5s %5s\n", "run", "offered", "% of S",
+	    "delivered", "loss%", "p50 us", "p99 us", "p999 us", "srv", "bench", "all"
+	if ("idle-lat" in refpaced) paced[++np] = refpaced["idle-lat"]
+	if ("load50" in refpaced) paced[++np] = refpaced["load50"]
 	for (i = 1; i <= np; i++) {
-		$0 = paced[i]; lab = jv("label")
-		printf "%-9s %9.0f %6.1f %9.0f %7.3f %8.1f %8.1f %8.1f %5.0f %5.0f %5.0f%s\n", lab,
+		$0 = paced[i]; lab = jv("label"); srv = jv("server")
+		printf "%-14s %9.0f %6.1f %9.0f %7.3f %8.1f %8.1f %8.1f %5.0f %5.0f %5.0f%s\n",
+		    lab (srv == "nginx" ? " nginx" : ""),
 		    jv("offered_pps"), 100 * jv("offered_pps") / S, jv("delivered_pps"),
 		    jv("loss_pct"), jv("p50_us"), jv("p99_us"), jv("p999_us"),
 		    jv("server_cpu_pct"), 100 * jv("bench_cpu_s") / jv("duration_s"),
 		    jv("machine_cpu_pct"), noisy()
+		if (srv == "nginx") { ref_p99[lab] = num("p99_us"); continue }
 		if (lab == "idle-lat") idle_p99 = num("p99_us")
 		if (lab ~ /^load/) { loss[lab] = num("loss_pct"); p99[lab] = num("p99_us") }
 	}
@@ -245,6 +257,9 @@ END {
 	    ok ? "met" : "NOT met", loss["load50"], loss["load70"], loss["load90"]
 	printf "  %-7s p99 at 50 %% of S <= 2 x idle p99: %.1f us vs 2 x %.1f us\n",
 	    (p99["load50"] <= 2 * idle_p99) ? "met" : "NOT met", p99["load50"], idle_p99
+	if (("load50" in ref_p99) && ("idle-lat" in ref_p99))
+		printf "          (nginx at the same offered loads: %.1f us vs 2 x %.1f us)\n",
+		    ref_p99["load50"], ref_p99["idle-lat"]
 	if (per10k != "")
 		printf "  %-7s <= 2 KiB RSS per idle connection at 10,000: %d bytes\n",
 		    (per10k <= 2048) ? "met" : "NOT met", per10k
