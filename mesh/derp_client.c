@@ -1,5 +1,7 @@
-/* DERP client: handshake, framing and messages (spec PROTOCOL.md §3.1, §6, §12). */
+/* DERP client set-up (spec PROTOCOL.md §3.1, §12): connect, HTTP upgrade, the handshake
+ * (ServerKey, ClientInfo, ServerInfo), close and detach. Frame I/O is in client_io.c. */
 #include "mesh/derp_client.h"
+#include "mesh/client_conn.h"
 #include "mesh/client_tls.h"
 
 #include <errno.h>
@@ -14,45 +16,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "server/key.h"
 
 #define MAX_HTTP_HEAD   16384
 #define MAX_SERVER_KEY  1024u      /* Go clients refuse a longer greeting */
-#define MAX_FRAME       (1u << 20) /* Go clients refuse longer frames */
 #define MAX_INFO_LEN    (1u << 20) /* MaxInfoLen: bound on the ServerInfo box */
-#define RBUF_INIT       4096
-
-struct derp_client {
-	int fd;
-	struct WOLFSSL *ssl;      /* TLS session, or NULL for plain HTTP */
-	int timeout_ms;
-	int fast_start;
-	uint8_t priv[32], pub[32], server_key[32];
-	int have_server_key;
-	uint8_t mesh_key[32];
-	int have_mesh_key, is_prober;
-	char *info_json;          /* caller's ClientInfo plaintext, or NULL */
-	size_t info_json_len;
-	/* fast start: the request, sent together with the next write */
-	char *pend;
-	size_t pend_len;
-	/* read side: unread bytes are rbuf[rpos, rlen); consumed = the frame handed out by
-	 * the previous recv, discarded at the start of the next one */
-	uint8_t *rbuf;
-	size_t rcap, rpos, rlen, consumed;
-	char *http_head;
-	char *server_info;
-	/* advisory send limit from ServerInfo (token bucket in bytes, Go rate.Limiter); set
-	 * at the handshake (a later ServerInfo resets it: then the writer needs a lock) */
-	double tb_rate, tb_burst, tb_tokens;
-	int64_t tb_last_ns;
-};
 
 static _Thread_local char err_buf[256];
 
@@ -61,278 +32,13 @@ const char *derp_client_error(void)
 	return err_buf;
 }
 
-__attribute__((format(printf, 1, 2)))
-static void set_err(const char *fmt, ...)
+void client_set_err(const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(err_buf, sizeof err_buf, fmt, ap);
 	va_end(ap);
-}
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int64_t deadline_after(int timeout_ms)
-{
-	return now_ns() + (int64_t)timeout_ms * 1000000;
-}
-
-/* Milliseconds left until deadline, rounded up, never negative. */
-static int remaining_ms(int64_t deadline)
-{
-	int64_t left = deadline - now_ns();
-
-	if (left <= 0)
-		return 0;
-	return (int)((left + 999999) / 1000000);
-}
-
-static int wait_fd(int fd, short events, int64_t deadline)
-{
-	struct pollfd p = { .fd = fd, .events = events };
-
-	for (;;) {
-		int r = poll(&p, 1, remaining_ms(deadline));
-		if (r > 0)
-			return 0;
-		if (r == 0) {
-			set_err("timed out");
-			return DERP_CLIENT_TIMEOUT;
-		}
-		if (errno != EINTR) {
-			set_err("poll: %s", strerror(errno));
-			return DERP_CLIENT_ERROR;
-		}
-	}
-}
-
-/* ---- read side ---------------------------------------------------------------- */
-
-/* Make room for want unread bytes, then read whatever arrives (at least one byte). */
-static int read_more(struct derp_client *c, size_t want, int64_t deadline)
-{
-	if (c->rpos > 0 && (c->rpos == c->rlen || c->rlen == c->rcap || c->rcap - c->rpos < want)) {
-		memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
-		c->rlen -= c->rpos;
-		c->rpos = 0;
-	}
-	if (c->rcap - c->rpos < want || c->rlen == c->rcap) {
-		size_t ncap = c->rcap ? c->rcap : RBUF_INIT;
-		while (ncap - c->rpos < want || ncap == c->rlen)
-			ncap *= 2;
-		uint8_t *nb = realloc(c->rbuf, ncap);
-		if (!nb) {
-			set_err("out of memory");
-			return DERP_CLIENT_ERROR;
-		}
-		c->rbuf = nb;
-		c->rcap = ncap;
-	}
-	for (;;) {
-		short want = POLLIN;
-		ssize_t n = c->ssl ? client_tls_read(c->ssl, c->rbuf + c->rlen, c->rcap - c->rlen, &want)
-				   : recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-		if (n > 0) {
-			c->rlen += (size_t)n;
-			return 0;
-		}
-		if (n == 0) {
-			set_err("connection closed by server (EOF)");
-			return DERP_CLIENT_CLOSED;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno == ECONNRESET || errno == EPIPE) {
-			set_err("connection reset by server");
-			return DERP_CLIENT_CLOSED;
-		}
-		if (errno != EAGAIN && errno != EWOULDBLOCK) {
-			set_err("recv: %s", strerror(errno));
-			return DERP_CLIENT_ERROR;
-		}
-		int r = wait_fd(c->fd, want, deadline);
-		if (r)
-			return r;
-	}
-}
-
-/* Ensure n unread bytes are buffered. */
-static int fill(struct derp_client *c, size_t n, int64_t deadline)
-{
-	while (c->rlen - c->rpos < n) {
-		int r = read_more(c, n, deadline);
-		if (r)
-			return r;
-	}
-	return 0;
-}
-
-/* Next whole frame; its payload stays in rbuf until the next call. */
-static int read_frame(struct derp_client *c, uint8_t *type, uint32_t *len,
-		      const uint8_t **payload, uint32_t max_len, int64_t deadline)
-{
-	int r;
-
-	c->rpos += c->consumed;
-	c->consumed = 0;
-	if ((r = fill(c, FRAME_HEADER_LEN, deadline)))
-		return r;
-	frame_get_header(c->rbuf + c->rpos, type, len);
-	if (*len > max_len) {
-		set_err("frame type 0x%02x too long: %u bytes", *type, *len);
-		return DERP_CLIENT_ERROR;
-	}
-	if ((r = fill(c, FRAME_HEADER_LEN + (size_t)*len, deadline)))
-		return r;
-	*payload = c->rbuf + c->rpos + FRAME_HEADER_LEN;
-	c->consumed = FRAME_HEADER_LEN + (size_t)*len;
-	return 0;
-}
-
-/* ---- write side --------------------------------------------------------------- */
-
-static int write_iov(struct derp_client *c, const struct iovec *in, int nin)
-{
-	struct iovec iov[8];
-	int n = 0;
-	int64_t deadline = deadline_after(c->timeout_ms);
-
-	if (c->pend_len)
-		iov[n++] = (struct iovec){ c->pend, c->pend_len };
-	for (int i = 0; i < nin && n < 8; i++)
-		if (in[i].iov_len)
-			iov[n++] = in[i];
-	struct iovec *v = iov;
-	while (n > 0) {
-		struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)n };
-		short want = POLLOUT;
-		/* TLS: one record per buffer; these are tests and mesh control traffic. */
-		ssize_t w = c->ssl ? client_tls_write(c->ssl, v->iov_base, v->iov_len, &want)
-				   : sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				int r = wait_fd(c->fd, want, deadline);
-				if (r)
-					return r;
-				continue;
-			}
-			set_err("send: %s", strerror(errno));
-			return (errno == EPIPE || errno == ECONNRESET) ? DERP_CLIENT_CLOSED
-								      : DERP_CLIENT_ERROR;
-		}
-		while (n > 0 && (size_t)w >= v->iov_len) {
-			w -= (ssize_t)v->iov_len;
-			v++;
-			n--;
-		}
-		if (n > 0) {
-			v->iov_base = (char *)v->iov_base + w;
-			v->iov_len -= (size_t)w;
-		}
-	}
-	free(c->pend);
-	c->pend = NULL;
-	c->pend_len = 0;
-	return 0;
-}
-
-int derp_client_write_raw(struct derp_client *c, const void *buf, size_t len)
-{
-	struct iovec v = { (void *)buf, len };
-
-	return write_iov(c, &v, 1);
-}
-
-int derp_client_write_frame(struct derp_client *c, uint8_t type, const void *payload,
-			    uint32_t len)
-{
-	uint8_t hdr[FRAME_HEADER_LEN];
-	struct iovec v[2] = { { hdr, sizeof hdr }, { (void *)payload, payload ? len : 0 } };
-
-	frame_put_header(hdr, type, len);
-	return write_iov(c, v, 2);
-}
-
-/* Go's rate.Limiter.AllowN: refill, then take n tokens if there are enough. */
-static int rate_allow(struct derp_client *c, size_t n)
-{
-	int64_t t = now_ns();
-
-	c->tb_tokens += c->tb_rate * (double)(t - c->tb_last_ns) / 1e9;
-	if (c->tb_tokens > c->tb_burst)
-		c->tb_tokens = c->tb_burst;
-	c->tb_last_ns = t;
-	if ((double)n > c->tb_tokens)
-		return 0;
-	c->tb_tokens -= (double)n;
-	return 1;
-}
-
-int derp_client_send(struct derp_client *c, const uint8_t dst[32], const void *pkt, size_t len)
-{
-	uint8_t hdr[FRAME_HEADER_LEN];
-	struct iovec v[3] = { { hdr, sizeof hdr }, { (void *)dst, 32 }, { (void *)pkt, len } };
-
-	if (c->tb_rate > 0 && !rate_allow(c, FRAME_HEADER_LEN + 32 + len))
-		return 0; /* dropped silently, as a Go client does */
-	frame_put_header(hdr, FRAME_SEND_PACKET, (uint32_t)(32 + len));
-	return write_iov(c, v, 3);
-}
-
-int derp_client_forward(struct derp_client *c, const uint8_t src[32], const uint8_t dst[32],
-			const void *pkt, size_t len)
-{
-	uint8_t hdr[FRAME_HEADER_LEN];
-	struct iovec v[4] = { { hdr, sizeof hdr }, { (void *)src, 32 }, { (void *)dst, 32 },
-			      { (void *)pkt, len } };
-
-	frame_put_header(hdr, FRAME_FORWARD_PACKET, (uint32_t)(64 + len));
-	return write_iov(c, v, 4);
-}
-
-int derp_client_ping(struct derp_client *c, const uint8_t data[8])
-{
-	return derp_client_write_frame(c, FRAME_PING, data, 8);
-}
-
-int derp_client_pong(struct derp_client *c, const uint8_t data[8])
-{
-	return derp_client_write_frame(c, FRAME_PONG, data, 8);
-}
-
-int derp_client_note_preferred(struct derp_client *c, int preferred)
-{
-	uint8_t b = preferred ? 1 : 0;
-
-	return derp_client_write_frame(c, FRAME_NOTE_PREFERRED, &b, 1);
-}
-
-int derp_client_watch_conns(struct derp_client *c)
-{
-	return derp_client_write_frame(c, FRAME_WATCH_CONNS, NULL, 0);
-}
-
-int derp_client_close_peer(struct derp_client *c, const uint8_t key[32])
-{
-	return derp_client_write_frame(c, FRAME_CLOSE_PEER, key, 32);
-}
-
-int derp_client_shutdown_write(struct derp_client *c)
-{
-	if (shutdown(c->fd, SHUT_WR) != 0) {
-		set_err("shutdown: %s", strerror(errno));
-		return DERP_CLIENT_ERROR;
-	}
-	return 0;
 }
 
 /* ---- handshake ---------------------------------------------------------------- */
@@ -377,7 +83,7 @@ int derp_client_send_info(struct derp_client *c)
 	size_t plen = c->info_json_len;
 
 	if (!c->have_server_key) {
-		set_err("server key unknown");
+		client_set_err("server key unknown");
 		return DERP_CLIENT_ERROR;
 	}
 	if (!plain) {
@@ -387,36 +93,36 @@ int derp_client_send_info(struct derp_client *c)
 	size_t cap = FRAME_HEADER_LEN + 32 + crypto_box_NONCEBYTES + crypto_box_MACBYTES + plen;
 	uint8_t *frame = malloc(cap);
 	if (!frame) {
-		set_err("out of memory");
+		client_set_err("out of memory");
 		return DERP_CLIENT_ERROR;
 	}
 	size_t n = derp_client_build_info(frame, cap, c->priv, c->server_key, plain, plen);
 	int r = n ? derp_client_write_raw(c, frame, n) : DERP_CLIENT_ERROR;
 	if (!n)
-		set_err("cannot seal ClientInfo");
+		client_set_err("cannot seal ClientInfo");
 	free(frame);
 	return r;
 }
 
 /* Open the ServerInfo box and check its JSON; keeps the plaintext in c->server_info
  * and applies the advisory rate limit. */
-static int parse_server_info(struct derp_client *c, const uint8_t *b, uint32_t len)
+int client_parse_server_info(struct derp_client *c, const uint8_t *b, uint32_t len)
 {
 	if (len < crypto_box_NONCEBYTES + crypto_box_MACBYTES ||
 	    len > crypto_box_NONCEBYTES + MAX_INFO_LEN) {
-		set_err("bad ServerInfo length %u", len);
+		client_set_err("bad ServerInfo length %u", len);
 		return DERP_CLIENT_ERROR;
 	}
 	size_t plen = len - crypto_box_NONCEBYTES - crypto_box_MACBYTES;
 	char *plain = malloc(plen + 1);
 	if (!plain) {
-		set_err("out of memory");
+		client_set_err("out of memory");
 		return DERP_CLIENT_ERROR;
 	}
 	if (crypto_box_open_easy((uint8_t *)plain, b + crypto_box_NONCEBYTES,
 				 len - crypto_box_NONCEBYTES, b, c->server_key, c->priv) != 0) {
 		free(plain);
-		set_err("ServerInfo box does not open with the server key");
+		client_set_err("ServerInfo box does not open with the server key");
 		return DERP_CLIENT_ERROR;
 	}
 	plain[plen] = '\0';
@@ -424,7 +130,7 @@ static int parse_server_info(struct derp_client *c, const uint8_t *b, uint32_t l
 	json_t *j = json_loadb(plain, plen, JSON_DECODE_ANY, &je);
 	if (!j || !(json_is_object(j) || json_is_null(j))) {
 		json_decref(j);
-		set_err("ServerInfo is not a JSON object: %.100s", plain);
+		client_set_err("ServerInfo is not a JSON object: %.100s", plain);
 		free(plain);
 		return DERP_CLIENT_ERROR;
 	}
@@ -433,7 +139,7 @@ static int parse_server_info(struct derp_client *c, const uint8_t *b, uint32_t l
 	c->tb_rate = json_is_integer(rate) ? (double)json_integer_value(rate) : 0;
 	c->tb_burst = json_is_integer(burst) ? (double)json_integer_value(burst) : 0;
 	c->tb_tokens = c->tb_burst;
-	c->tb_last_ns = now_ns();
+	c->tb_last_ns = client_now_ns();
 	json_decref(j);
 	free(c->server_info);
 	c->server_info = plain;
@@ -445,17 +151,17 @@ static int read_server_key(struct derp_client *c, int64_t deadline)
 	uint8_t type;
 	uint32_t len;
 	const uint8_t *p;
-	int r = read_frame(c, &type, &len, &p, MAX_SERVER_KEY, deadline);
+	int r = client_read_frame(c, &type, &len, &p, MAX_SERVER_KEY, deadline);
 
 	if (r)
 		return r;
 	if (type != FRAME_SERVER_KEY || len < DERP_MAGIC_LEN + 32 ||
 	    memcmp(p, DERP_MAGIC, DERP_MAGIC_LEN) != 0) {
-		set_err("invalid server greeting (frame type 0x%02x, %u bytes)", type, len);
+		client_set_err("invalid server greeting (frame type 0x%02x, %u bytes)", type, len);
 		return DERP_CLIENT_ERROR;
 	}
 	if (c->have_server_key && memcmp(c->server_key, p + DERP_MAGIC_LEN, 32) != 0) {
-		set_err("ServerKey frame carries a different key than expected");
+		client_set_err("ServerKey frame carries a different key than expected");
 		return DERP_CLIENT_ERROR;
 	}
 	memcpy(c->server_key, p + DERP_MAGIC_LEN, 32);
@@ -465,7 +171,7 @@ static int read_server_key(struct derp_client *c, int64_t deadline)
 
 int derp_client_finish(struct derp_client *c)
 {
-	int64_t deadline = deadline_after(c->timeout_ms);
+	int64_t deadline = client_deadline_after(c->timeout_ms);
 	uint8_t type;
 	uint32_t len;
 	const uint8_t *p;
@@ -473,13 +179,13 @@ int derp_client_finish(struct derp_client *c)
 
 	if (c->fast_start && (r = read_server_key(c, deadline)))
 		return r;
-	if ((r = read_frame(c, &type, &len, &p, MAX_FRAME, deadline)))
+	if ((r = client_read_frame(c, &type, &len, &p, MAX_FRAME, deadline)))
 		return r;
 	if (type != FRAME_SERVER_INFO) {
-		set_err("first frame after ServerKey is type 0x%02x, not ServerInfo", type);
+		client_set_err("first frame after ServerKey is type 0x%02x, not ServerInfo", type);
 		return DERP_CLIENT_ERROR;
 	}
-	return parse_server_info(c, p, len);
+	return client_parse_server_info(c, p, len);
 }
 
 /* Read the response head and check for 101 (a Go client checks nothing else). */
@@ -492,10 +198,10 @@ static int read_http_head(struct derp_client *c, int64_t deadline)
 		if (end)
 			break;
 		if (c->rlen - c->rpos >= MAX_HTTP_HEAD) {
-			set_err("HTTP response head too long");
+			client_set_err("HTTP response head too long");
 			return DERP_CLIENT_ERROR;
 		}
-		int r = read_more(c, 1, deadline);
+		int r = client_read_more(c, 1, deadline);
 		if (r)
 			return r;
 	}
@@ -504,12 +210,12 @@ static int read_http_head(struct derp_client *c, int64_t deadline)
 	c->http_head = strndup((char *)c->rbuf + c->rpos, hl);
 	c->rpos += hl;
 	if (!c->http_head) {
-		set_err("out of memory");
+		client_set_err("out of memory");
 		return DERP_CLIENT_ERROR;
 	}
 	int status = 0;
 	if (sscanf(c->http_head, "HTTP/%*d.%*d %d", &status) != 1 || status != 101) {
-		set_err("HTTP upgrade failed: %.*s", (int)strcspn(c->http_head, "\r\n"),
+		client_set_err("HTTP upgrade failed: %.*s", (int)strcspn(c->http_head, "\r\n"),
 			c->http_head);
 		return DERP_CLIENT_ERROR;
 	}
@@ -525,14 +231,14 @@ static int connect_tcp(const char *host, uint16_t port, int rcvbuf, int64_t dead
 	snprintf(portstr, sizeof portstr, "%u", port);
 	int g = getaddrinfo(host, portstr, &hints, &res);
 	if (g) {
-		set_err("resolve %s: %s", host, gai_strerror(g));
+		client_set_err("resolve %s: %s", host, gai_strerror(g));
 		return -1;
 	}
 	for (ai = res; ai; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
 			    ai->ai_protocol);
 		if (fd < 0) {
-			set_err("socket: %s", strerror(errno));
+			client_set_err("socket: %s", strerror(errno));
 			continue;
 		}
 		if (rcvbuf > 0)
@@ -541,7 +247,7 @@ static int connect_tcp(const char *host, uint16_t port, int rcvbuf, int64_t dead
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
 			break;
-		if (errno == EINPROGRESS && wait_fd(fd, POLLOUT, deadline) == 0) {
+		if (errno == EINPROGRESS && client_wait_fd(fd, POLLOUT, deadline) == 0) {
 			int err = 0;
 			socklen_t el = sizeof err;
 			getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
@@ -549,7 +255,7 @@ static int connect_tcp(const char *host, uint16_t port, int rcvbuf, int64_t dead
 				break;
 			errno = err;
 		}
-		set_err("connect %s:%u: %s", host, port, strerror(errno));
+		client_set_err("connect %s:%u: %s", host, port, strerror(errno));
 		close(fd);
 		fd = -1;
 	}
@@ -562,7 +268,7 @@ static struct derp_client *client_new(int fd, const uint8_t *priv)
 	struct derp_client *c = calloc(1, sizeof *c);
 
 	if (!c) {
-		set_err("out of memory");
+		client_set_err("out of memory");
 		return NULL;
 	}
 	c->fd = fd;
@@ -583,7 +289,7 @@ struct derp_client *derp_client_attach(int fd, const uint8_t priv[32],
 				       const uint8_t server_key[32])
 {
 	if (key_init() != 0) {
-		set_err("sodium_init failed");
+		client_set_err("sodium_init failed");
 		return NULL;
 	}
 	struct derp_client *c = client_new(fd, priv);
@@ -604,7 +310,7 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 
 	err_buf[0] = '\0';
 	if (o->fast_start && !o->server_key && !o->tls) {
-		set_err("fast start needs the server key");
+		client_set_err("fast start needs the server key");
 		close(fd);
 		return NULL;
 	}
@@ -622,7 +328,7 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 					      o->tls_ca_file, o->tls_insecure, o->tls_max_version,
 					      o->fast_start && !o->server_key ? &meta : NULL };
 		char terr[256];
-		int64_t dl = deadline_after(c->timeout_ms);
+		int64_t dl = client_deadline_after(c->timeout_ms);
 		/* host may be "name:port": the TLS name is the part before the port. */
 		char name[256];
 		if (!o->tls_server_name) {
@@ -634,7 +340,7 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 		}
 		c->ssl = client_tls_start(fd, &to, dl / 1000000, terr, sizeof terr);
 		if (!c->ssl) {
-			set_err("%s", terr);
+			client_set_err("%s", terr);
 			derp_client_close(c);
 			return NULL;
 		}
@@ -667,13 +373,13 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 			 o->ideal_node ? "\r\n" : "",
 			 *up ? "Upgrade: " : "", up, *up ? "\r\n" : "");
 	if (n < 0 || (size_t)n >= sizeof req) {
-		set_err("upgrade request too long");
+		client_set_err("upgrade request too long");
 		goto fail;
 	}
 	if (o->extra_headers) { /* insert before the final blank line */
 		size_t el = strlen(o->extra_headers);
 		if ((size_t)n + el >= sizeof req) {
-			set_err("upgrade request too long");
+			client_set_err("upgrade request too long");
 			goto fail;
 		}
 		memmove(req + n - 2 + el, req + n - 2, 3);
@@ -687,14 +393,14 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 		c->pend_len = (size_t)n;
 		return c;
 	}
-	int64_t deadline = deadline_after(c->timeout_ms);
+	int64_t deadline = client_deadline_after(c->timeout_ms);
 	if (derp_client_write_raw(c, req, (size_t)n) != 0 || read_http_head(c, deadline) != 0 ||
 	    read_server_key(c, deadline) != 0)
 		goto fail;
 	return c;
 fail:
 	if (!err_buf[0])
-		set_err("out of memory");
+		client_set_err("out of memory");
 	derp_client_close(c);
 	return NULL;
 }
@@ -706,7 +412,7 @@ struct derp_client *derp_client_open(const char *host, uint16_t port,
 	char hostport[300];
 
 	err_buf[0] = '\0';
-	int fd = connect_tcp(host, port, opts ? opts->rcvbuf : 0, deadline_after(tmo));
+	int fd = connect_tcp(host, port, opts ? opts->rcvbuf : 0, client_deadline_after(tmo));
 	if (fd < 0)
 		return NULL;
 	snprintf(hostport, sizeof hostport, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
@@ -750,7 +456,7 @@ int derp_client_detach(struct derp_client *c, uint8_t *buf, size_t cap, size_t *
 	size_t n = derp_client_buffered(c);
 
 	if (n > cap || c->pend_len) {
-		set_err(c->pend_len ? "upgrade request not sent yet" : "%zu bytes buffered", n);
+		client_set_err(c->pend_len ? "upgrade request not sent yet" : "%zu bytes buffered", n);
 		return -1;
 	}
 	if (n)
@@ -780,95 +486,6 @@ int derp_client_detach_tls(struct derp_client *c, struct WOLFSSL **ssl, uint8_t 
 int derp_client_tls_version(const struct derp_client *c)
 {
 	return c->ssl ? client_tls_version(c->ssl) : 0;
-}
-
-/* ---- steady state ------------------------------------------------------------- */
-
-int derp_client_recv(struct derp_client *c, struct derp_msg *m, int timeout_ms)
-{
-	int64_t deadline = deadline_after(timeout_ms < 0 ? c->timeout_ms : timeout_ms);
-	const uint8_t *b;
-	uint8_t type;
-	uint32_t n;
-	int r;
-
-	if ((r = read_frame(c, &type, &n, &b, MAX_FRAME, deadline)))
-		return r;
-	memset(m, 0, sizeof *m);
-	m->frame_type = type;
-	m->frame_len = n;
-	m->data = b;
-	m->len = n;
-	/* Short forms a Go client skips are reported as DERP_MSG_SHORT instead, so that a
-	 * test sees them. */
-	switch (type) {
-	case FRAME_RECV_PACKET:
-	case FRAME_PEER_GONE:
-	case FRAME_PEER_PRESENT:
-		if (n < 32) {
-			m->kind = DERP_MSG_SHORT;
-			break;
-		}
-		memcpy(m->key, b, 32);
-		m->data = b + 32;
-		m->len = n - 32;
-		if (type == FRAME_RECV_PACKET) {
-			m->kind = DERP_MSG_PACKET;
-		} else if (type == FRAME_PEER_GONE) {
-			m->kind = DERP_MSG_PEER_GONE;
-			m->reason = n > 32 ? b[32] : PEER_GONE_DISCONNECTED;
-		} else {
-			m->kind = DERP_MSG_PEER_PRESENT;
-			if (n >= 32 + 18) {
-				m->has_addr = 1;
-				memcpy(m->ip, b + 32, 16);
-				m->port = (uint16_t)(b[48] << 8 | b[49]);
-			}
-			if (n >= 32 + 19) {
-				m->has_flags = 1;
-				m->flags = b[50];
-			}
-		}
-		break;
-	case FRAME_KEEP_ALIVE:
-		m->kind = DERP_MSG_KEEP_ALIVE;
-		break;
-	case FRAME_PING:
-	case FRAME_PONG:
-	case FRAME_RESTARTING:
-		if (n < 8) {
-			m->kind = DERP_MSG_SHORT;
-			break;
-		}
-		memcpy(m->ping8, b, 8);
-		m->reconnect_ms = frame_get_be32(b);
-		m->try_for_ms = frame_get_be32(b + 4);
-		m->kind = type == FRAME_PING ? DERP_MSG_PING
-			: type == FRAME_PONG ? DERP_MSG_PONG : DERP_MSG_RESTARTING;
-		break;
-	case FRAME_HEALTH:
-		m->kind = DERP_MSG_HEALTH;
-		break;
-	case FRAME_SERVER_INFO:
-		if ((r = parse_server_info(c, b, n)))
-			return r;
-		m->kind = DERP_MSG_SERVER_INFO;
-		m->data = (const uint8_t *)c->server_info;
-		m->len = strlen(c->server_info);
-		break;
-	case FRAME_SERVER_KEY:
-		if (n >= DERP_MAGIC_LEN + 32 && memcmp(b, DERP_MAGIC, DERP_MAGIC_LEN) == 0) {
-			m->kind = DERP_MSG_SERVER_KEY;
-			memcpy(m->key, b + DERP_MAGIC_LEN, 32);
-		} else {
-			m->kind = DERP_MSG_UNKNOWN;
-		}
-		break;
-	default:
-		m->kind = DERP_MSG_UNKNOWN;
-		break;
-	}
-	return 0;
 }
 
 int derp_client_fd(const struct derp_client *c)
