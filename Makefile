@@ -29,7 +29,9 @@ MODULES  := server stun acme mesh metrics
 LIB_SRC  := $(filter-out %/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libderpd.a
-TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+# A tool is one tools/*.c, or a directory of files: derpd-bench is tools/bench/*.c.
+BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/bench/*.c))
+TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c)) $(BUILD)/tools/derpd-bench
 UNIT     := $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(wildcard test/unit/test_*.c))
 E2E      := $(patsubst test/e2e/%.c,$(BUILD)/test/e2e/%,$(wildcard test/e2e/test_*.c))
 E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
@@ -65,6 +67,9 @@ $(BUILD)/%.o: %.c $(WOLFSSL_DEP)
 	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(BUILD)/tools/derpd-bench: $(BENCH_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BUILD)/test/unit/%: $(BUILD)/test/unit/%.o $(LIB)

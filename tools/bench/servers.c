@@ -1,26 +1,20 @@
 /* derpd-bench's servers under test: a derpd it starts, one already running, nginx's
- * stream proxy as the reference relay, or any raw TCP relay. Header-only: included by
- * tools/derpd-bench.c alone, after tools/bench_sys.h. */
-#ifndef DERPD_BENCH_SERVERS_H
-#define DERPD_BENCH_SERVERS_H
+ * stream proxy as the reference relay, or any raw TCP relay. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tools/bench/bench.h"
 
 #define NGINX_STREAM_MODULE "/usr/lib/nginx/modules/ngx_stream_module.so"
 
-/* ---- the server under test --------------------------------------------------------- */
-
-struct target {
-	const char *kind;          /* "derpd", "nginx", "relay" */
-	int raw;                   /* bytes forwarded as they are: no DERP */
-	struct sockaddr_in addr;   /* where clients connect */
-	char hostport[64];
-	pid_t pid;                 /* measured process (0 = unknown) */
-	char dir[64];              /* temp dir of a spawned server */
-	int upfd;                  /* raw: the listener the relay forwards to */
-};
-
-static void parse_hostport(const char *s, struct sockaddr_in *a)
+void parse_hostport(const char *s, struct sockaddr_in *a)
 {
 	char host[64];
 	const char *colon = strrchr(s, ':');
@@ -36,7 +30,7 @@ static void parse_hostport(const char *s, struct sockaddr_in *a)
 		die("bad address \"%s\" (want IPv4:port)", s);
 }
 
-static void set_hostport(struct target *t)
+void set_hostport(struct target *t)
 {
 	char ip[INET_ADDRSTRLEN];
 
@@ -47,8 +41,8 @@ static void set_hostport(struct target *t)
 /* ./derpd -a 127.0.0.1:0 -c <tmp>/k.json -stun=false; port from its "serving on" line. */
 /* tls: -certmode manual -hostname 127.0.0.1: a self-signed certificate for the address,
  * made in <tmp>/certs. */
-static void start_derpd(struct target *t, const char *path, const char *const *args, int nargs,
-			int tls)
+void start_derpd(struct target *t, const char *path, const char *const *args, int nargs,
+		 int tls)
 {
 	char keyf[128], log[128], line[512], certdir[128];
 	char *argv[48];
@@ -103,7 +97,7 @@ static void start_derpd(struct target *t, const char *path, const char *const *a
 
 /* nginx stream { server { listen P reuseport; proxy_pass 127.0.0.1:Q; } }, not a daemon,
  * its own prefix, as many workers as derpd has. */
-static void start_nginx(struct target *t, const char *path, int workers)
+void start_nginx(struct target *t, const char *path, int workers)
 {
 	char conf[160], log[160], pidf[160], text[2048], prefix[80];
 
@@ -148,12 +142,10 @@ static void start_nginx(struct target *t, const char *path, int workers)
 	set_hostport(t);
 }
 
-static void stop_target(struct target *t)
+void stop_target(struct target *t)
 {
 	stop_spawned();
 	if (t->upfd > 0)
 		close(t->upfd);
 	rm_tmpdir(t->dir);
 }
-
-#endif

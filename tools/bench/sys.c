@@ -1,8 +1,6 @@
 /* derpd-bench's system helpers: time, dying cleanly with spawned children, /proc
  * readings of the server and the machine, starting a child with its output in a file,
- * loopback listeners. Header-only: included by tools/derpd-bench.c alone. */
-#ifndef DERPD_BENCH_SYS_H
-#define DERPD_BENCH_SYS_H
+ * loopback listeners. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,11 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
-static pid_t spawned[2];
-static char *tmpdirs[2];        /* removed by die() too */
-static void rm_tmpdir(char dir[64]);
+#include "tools/bench/bench.h"
 
-static void stop_spawned(void)
+pid_t spawned[2];
+static char *tmpdirs[2];        /* removed by die() too */
+
+void stop_spawned(void)
 {
 	for (int i = 0; i < 2; i++) {
 		if (spawned[i] <= 0)
@@ -40,8 +39,7 @@ static void stop_spawned(void)
 	}
 }
 
-__attribute__((format(printf, 1, 2), noreturn))
-static void die(const char *fmt, ...)
+void die(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -58,7 +56,7 @@ static void die(const char *fmt, ...)
 }
 
 /* SIGTERM rather than SIGKILL: nginx's master then stops its workers too. */
-static void on_signal(int sig)
+void on_signal(int sig)
 {
 	for (int i = 0; i < 2; i++)
 		if (spawned[i] > 0)
@@ -66,7 +64,7 @@ static void on_signal(int sig)
 	_exit(128 + sig);
 }
 
-static int64_t now_ns(void)
+int64_t now_ns(void)
 {
 	struct timespec ts;
 
@@ -74,7 +72,7 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void sleep_until(int64_t t)
+void sleep_until(int64_t t)
 {
 	struct timespec ts = { (time_t)(t / 1000000000), (long)(t % 1000000000) };
 
@@ -82,12 +80,12 @@ static void sleep_until(int64_t t)
 		;
 }
 
-static void sleep_s(double s)
+void sleep_s(double s)
 {
 	sleep_until(now_ns() + (int64_t)(s * 1e9));
 }
 
-static double self_cpu(void)
+double self_cpu(void)
 {
 	struct rusage ru;
 
@@ -96,17 +94,7 @@ static double self_cpu(void)
 	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-static void add(uint64_t *p, uint64_t v) /* owner writes, main thread reads relaxed */
-{
-	__atomic_store_n(p, *p + v, __ATOMIC_RELAXED);
-}
-
-static uint64_t get(const uint64_t *p)
-{
-	return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-
-static void close_rst(int fd)
+void close_rst(int fd)
 {
 	struct linger l = { 1, 0 }; /* RST: no TIME_WAIT left behind for the next run */
 
@@ -165,11 +153,7 @@ static int proc_tree(pid_t pid, pid_t *out, int max)
 
 /* Machine-wide CPU from /proc/stat: busy and softirq jiffies, total jiffies. Softirq work
  * (TCP on loopback) is not always charged to the process that caused it. */
-struct mcpu {
-	double busy, softirq, steal, total;
-};
-
-static struct mcpu machine_cpu(void)
+struct mcpu machine_cpu(void)
 {
 	struct mcpu m = { 0, 0, 0, 0 };
 	unsigned long long v[8] = { 0 };
@@ -188,7 +172,7 @@ static struct mcpu machine_cpu(void)
 	return m;
 }
 
-static double busy_sample(int ms)
+double busy_sample(int ms)
 {
 	struct mcpu a = machine_cpu(), b;
 
@@ -201,7 +185,7 @@ static double busy_sample(int ms)
 
 /* CPU seconds (own plus reaped children's) of every user-space process but this one, its
  * children and the server's: other people's work on a shared machine. */
-static double others_cpu(pid_t srv)
+double others_cpu(pid_t srv)
 {
 	pid_t tree[64], self = getpid();
 	int nt = proc_tree(srv, tree, 64);
@@ -238,7 +222,7 @@ static double others_cpu(pid_t srv)
 	return sum / tick;
 }
 
-static double tree_cpu(pid_t pid)
+double tree_cpu(pid_t pid)
 {
 	pid_t t[64];
 	double sum = 0, c;
@@ -250,7 +234,7 @@ static double tree_cpu(pid_t pid)
 	return n ? sum : -1;
 }
 
-static long proc_status_kib(pid_t pid, const char *field)
+long proc_status_kib(pid_t pid, const char *field)
 {
 	char path[64], line[256];
 	size_t fl = strlen(field);
@@ -268,7 +252,7 @@ static long proc_status_kib(pid_t pid, const char *field)
 	return v;
 }
 
-static long tree_status_kib(pid_t pid, const char *field)
+long tree_status_kib(pid_t pid, const char *field)
 {
 	pid_t t[64];
 	long sum = 0;
@@ -282,7 +266,7 @@ static long tree_status_kib(pid_t pid, const char *field)
 	return n ? sum : -1;
 }
 
-static long proc_fd_limit(pid_t pid)
+long proc_fd_limit(pid_t pid)
 {
 	char path[64], line[256];
 	long v = -1;
@@ -299,7 +283,7 @@ static long proc_fd_limit(pid_t pid)
 	return v;
 }
 
-static long proc_fd_count(pid_t pid)
+long proc_fd_count(pid_t pid)
 {
 	char path[64];
 	long n = 0;
@@ -314,9 +298,9 @@ static long proc_fd_count(pid_t pid)
 	return n;
 }
 
-/* ---- children and sockets ----------------------------------------------------------- */
+/* ---- children and sockets -------------------------------------------------------- */
 
-static void make_tmpdir(char dir[64], const char *what)
+void make_tmpdir(char dir[64], const char *what)
 {
 	snprintf(dir, 64, "/tmp/derpd-bench-%s.XXXXXX", what);
 	if (!mkdtemp(dir))
@@ -346,7 +330,7 @@ static void rm_tree(const char *path, int depth)
 	rmdir(path);
 }
 
-static void rm_tmpdir(char dir[64])
+void rm_tmpdir(char dir[64])
 {
 	for (int i = 0; i < 2; i++)
 		if (tmpdirs[i] == dir)
@@ -356,7 +340,7 @@ static void rm_tmpdir(char dir[64])
 	dir[0] = 0;
 }
 
-static void print_tail(const char *path)
+void print_tail(const char *path)
 {
 	char buf[4096];
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -373,7 +357,7 @@ static void print_tail(const char *path)
 	}
 }
 
-static pid_t spawn(char *const argv[], const char *log)
+pid_t spawn(char *const argv[], const char *log)
 {
 	int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (lfd < 0)
@@ -398,7 +382,7 @@ static pid_t spawn(char *const argv[], const char *log)
 	return pid;
 }
 
-static int listen_loopback(int backlog)
+int listen_loopback(int backlog)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
@@ -409,7 +393,7 @@ static int listen_loopback(int backlog)
 	return fd;
 }
 
-static int bound_port(int fd)
+int bound_port(int fd)
 {
 	struct sockaddr_in a;
 	socklen_t l = sizeof a;
@@ -417,5 +401,3 @@ static int bound_port(int fd)
 	getsockname(fd, (struct sockaddr *)&a, &l);
 	return ntohs(a.sin_port);
 }
-
-#endif
