@@ -1,6 +1,8 @@
 /* Shared between the files of metrics/ only; other modules include metrics/httpd.h. */
 #ifndef DERPD_METRICS_INTERNAL_H
 #define DERPD_METRICS_INTERNAL_H
+#include <microhttpd.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -105,8 +107,6 @@ struct traffic_entry {
 	char peer[64]; /* "ip:port" as ss prints it, brackets removed, v4-mapped unmapped */
 	uint64_t sent, recv;
 };
-struct MHD_Connection;
-struct MHD_Response;
 /* A streaming response for conn (NULL if MAX_STREAMS are already running). It ends after
  * max_seconds (0: runs until the client goes away). */
 struct MHD_Response *traffic_response(struct MHD_Connection *conn, unsigned max_seconds);
@@ -115,5 +115,56 @@ void traffic_shutdown(void);
 /* Parse `ss -i -H -t` output: pairs of lines, field 4 of the first is the peer. Returns
  * the number of entries (at most max). */
 size_t traffic_parse_ss(const char *out, struct traffic_entry *e, size_t max);
+
+/* ---- the HTTP daemons (httpd.c, port80.c, SERVER.md §6) ---- */
+#define HTTP_TIMEOUT_S 30         /* derper's ReadTimeout / idle timeout */
+#define HTTP_MAX_CONNECTIONS 1024 /* HTTP only; DERP connections never count here */
+#define HTTP_PER_IP_LIMIT 64
+#define HTTP_HEAD_MEMORY (64 * 1024) /* request head limit per connection */
+
+/* Queue a response built from body (copied); extra headers as name, value pairs, NULL
+ * terminated; flags adds the browser security headers (0: none). Go's sniffing gives
+ * text bodies "text/plain; charset=utf-8", so callers always name a Content-Type when
+ * there is a body. */
+enum MHD_Result httpd_reply(struct MHD_Connection *c, unsigned status, int flags,
+			    const char *body, size_t len, ...);
+/* Go's http.Error: text/plain, nosniff, the message and a newline. */
+enum MHD_Result httpd_error(struct MHD_Connection *c, unsigned status, const char *msg);
+/* Go's answer to a request it cannot parse: no handler ran, the connection closes. */
+enum MHD_Result httpd_bad_request(struct MHD_Connection *c, const char *why);
+/* Go's http.Redirect body for GET; HEAD gets the headers only (libmicrohttpd drops it).
+ * Location gets Go's hexEscapeNonASCII (bytes >= 0x80 as lower-case %xx). */
+enum MHD_Result httpd_redirect(struct MHD_Connection *c, const char *method, unsigned status,
+			       const char *url, int flags);
+/* A request header's value, NULL if absent. */
+const char *httpd_header(struct MHD_Connection *c, const char *name);
+/* May this request see /debug/ (debug_access_allowed on its peer and headers)? */
+int httpd_debug_allowed(struct MHD_Connection *c, const char *method);
+/* derper's prod host rule ^derp([^.]*)\.tailscale\.com\.?$ */
+int httpd_prod_hostname(const char *h);
+/* RFC 9110 token: the only characters a method may have. */
+int httpd_is_token(const char *s);
+/* Go's path.Clean plus ServeMux's rule that a trailing slash survives. */
+void httpd_clean_path(const char *p, char *out, size_t n);
+/* The main listener's routes (SERVER.md §6.1-6.5), url already decoded. */
+enum MHD_Result httpd_route_main(struct MHD_Connection *c, const char *url, const char *method);
+/* /generate_204, with its X-Tailscale-Challenge answer. */
+enum MHD_Result httpd_serve_no_content(struct MHD_Connection *c);
+/* Every daemon's MHD_OPTION_EXTERNAL_LOGGER: to the log, and only with -verbose. */
+void httpd_log(void *cls, const char *fmt, va_list ap);
+/* A listening TCP socket on host:port (port 0: any free one, *bound set to it). Empty
+ * host: all interfaces on one IPv6 socket that takes IPv4 too, as Go listens, or IPv4
+ * alone on a host without IPv6. SO_KEEPALIVE and TCP_USER_TIMEOUT as the main listener
+ * has them (SERVER.md §5; accepted sockets inherit them). what names it in errors. */
+int httpd_listen_tcp(const char *host, const char *port, const char *what, int *bound,
+		     char *err, size_t errlen);
+
+/* port80.c: start TLS mode's plain-HTTP listener on <host of -a>:<-http-port>
+ * (SERVER.md §6.6; httpd_port80_port() reports it). 0, or -1 with a message in err. */
+int port80_start(const struct config *c, char *err, size_t errlen);
+void port80_stop(void);
+/* The bound on a streaming response on c: derper's port-80 WriteTimeout if c came in on
+ * the port-80 listener, else 0 (none). */
+unsigned port80_stream_limit(struct MHD_Connection *c);
 
 #endif
