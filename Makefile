@@ -8,7 +8,7 @@ CC       ?= cc
 PKGS     := libsodium wolfssl jansson libmicrohttpd libcurl
 CPPFLAGS += -I. -D_GNU_SOURCE -DDERPD_VERSION='"$(VERSION)"'
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -Wall -Wextra -Werror -pthread $(EXTRA_CFLAGS)
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -pthread $(EXTRA_CFLAGS)
 LDFLAGS  += -pthread $(EXTRA_LDFLAGS)
 # wolfSSL: by default built from Debian's source with AES-NI into .cache/ (scripts/wolfssl.sh,
 # cached); WOLFSSL=system links Debian's libwolfssl (no assembly) instead.

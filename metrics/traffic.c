@@ -261,7 +261,8 @@ static void *producer_main(void *arg)
 		qsort(cur, ncur, sizeof *cur, cmp_entry);
 		clients.n = 0;
 		server_clients_foreach(collect_client, &clients);
-		qsort(clients.v, clients.n, sizeof *clients.v, cmp_row);
+		if (clients.n) /* clients.v is NULL until there is one; qsort wants non-NULL */
+			qsort(clients.v, clients.n, sizeof *clients.v, cmp_row);
 		struct mbuf b = { 0 };
 		for (size_t i = 0; i < ncur; i++) {
 			struct traffic_entry *p = bsearch(&cur[i], prev, nprev, sizeof *prev, cmp_entry);
@@ -270,7 +271,8 @@ static void *producer_main(void *arg)
 				continue;
 			struct client_row key;
 			snprintf(key.peer, sizeof key.peer, "%s", cur[i].peer);
-			struct client_row *c = bsearch(&key, clients.v, clients.n, sizeof key, cmp_row);
+			struct client_row *c =
+				clients.n ? bsearch(&key, clients.v, clients.n, sizeof key, cmp_row) : NULL;
 			if (c == NULL)
 				continue;
 			mbuf_printf(&b, "{\"Sent\":%llu,\"Recv\":%llu,\"Key\":\"nodekey:",

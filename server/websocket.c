@@ -206,7 +206,8 @@ size_t ws_build_close(uint8_t out[2 + 123], uint16_t status, const char *reason)
 		while (rl && ((uint8_t)reason[rl] & 0xc0) == 0x80)
 			rl--;
 	}
-	memcpy(out + 2, reason, rl);
+	if (rl)
+		memcpy(out + 2, reason, rl);
 	return 2 + rl;
 }
 

@@ -273,14 +273,14 @@ static int group_teardown(void **state)
 	if (chall_pid > 0)
 		kill(chall_pid, SIGTERM), waitpid(chall_pid, NULL, 0);
 	if (have_pebble) {
+		/* shutdown() ends the blocked accept()s and the loops see `stopping` (no
+		 * pthread_cancel: unwinding leaves ASan's stack poison behind) */
 		shutdown(http_fd, SHUT_RDWR);
 		shutdown(tls_fd, SHUT_RDWR);
-		close(http_fd);
-		close(tls_fd);
-		pthread_cancel(http_thr);
-		pthread_cancel(tls_thr);
 		pthread_join(http_thr, NULL);
 		pthread_join(tls_thr, NULL);
+		close(http_fd);
+		close(tls_fd);
 		if (getenv("KEEP") == NULL) {
 			char cmd[128];
 			snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

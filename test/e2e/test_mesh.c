@@ -120,7 +120,10 @@ static int region_setup(void **state)
 	mu_write(R.psk, sizeof R.psk, R.dir, "mesh.key", MESH_KEY_HEX "\n");
 	for (int i = 0; i < NODES; i++) {
 		R.n[i].port = mu_reserve_port(&R.n[i].resv_fd);
-		snprintf(R.n[i].key_path, sizeof R.n[i].key_path, "%s/node%c.key", R.dir, 'A' + i);
+		/* via a local buffer: gcc cannot tell R.dir from R.n[i] (-Wrestrict) */
+		char kp[sizeof R.n[i].key_path];
+		snprintf(kp, sizeof kp, "%s/node%c.key", R.dir, 'A' + i);
+		memcpy(R.n[i].key_path, kp, sizeof kp);
 	}
 	snprintf(R.with, sizeof R.with, "127.0.0.1:%u,127.0.0.1:%u,127.0.0.1:%u", R.n[A].port,
 		 R.n[B].port, R.n[C].port);
