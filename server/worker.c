@@ -262,7 +262,9 @@ static void more_run(struct worker *w)
 	uint64_t start = w->rbytes;
 	struct conn *last = w->more_tail;
 
-	while (w->more && w->rbytes - start < MORE_BUDGET) {
+	/* (a count too: a conn that reads nothing, e.g. one resuming from a pause, must not
+	 * keep a turn going if `last` left the list meanwhile) */
+	for (int i = 0; w->more && i < 1024 && w->rbytes - start < MORE_BUDGET; i++) {
 		struct conn *c = w->more;
 		conn_on_readable(c); /* takes c off the list; puts it at the end if need be */
 		ready_drain(w);
