@@ -84,14 +84,12 @@ static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *
 	c->nothere_ms = c->created_ms;
 	addr_to_ip16(c, sa);
 	sendq_init(&c->q);
-	pthread_mutex_init(&c->wmu, NULL);
 	set_tcp_options(fd);
 	/* Edge-triggered, registered once: no epoll_ctl per write stall. */
 	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 	ev.data.ptr = c;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
 		sendq_close(&c->q, &w->stats);
-		pthread_mutex_destroy(&c->wmu);
 		free(c);
 		return NULL;
 	}
@@ -117,14 +115,12 @@ static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *
 
 void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len)
 {
-	pthread_mutex_lock(&c->wmu);
 	if (c->llen + len > c->lcap) {
 		uint32_t cap = c->lcap ? c->lcap : 256;
 		while (cap < c->llen + len)
 			cap *= 2;
 		uint8_t *b = realloc(c->lbuf, cap);
 		if (!b) {
-			pthread_mutex_unlock(&c->wmu);
 			conn_close(c, "out of memory");
 			return;
 		}
@@ -133,7 +129,6 @@ void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len)
 	}
 	memcpy(c->lbuf + c->llen, bytes, len);
 	c->llen += len;
-	pthread_mutex_unlock(&c->wmu);
 }
 
 /* derp_tcp_rtt bucket for the kernel's smoothed RTT of fd, or -1 if unreadable. */
@@ -214,12 +209,6 @@ void conn_start_running(struct conn *c)
 
 	c->state = CS_RUNNING;
 	c->deadline_ms = 0;
-	/* Plain client connections only: TLS and WebSocket framing, and a mesh peer's
-	 * bookkeeping, stay with the owner. */
-	pthread_mutex_lock(&c->wmu);
-	__atomic_store_n(&c->direct_ok, !c->ssl && !c->ws && !c->is_mesh && !c->outbound,
-			 __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&c->wmu);
 	c->keepalive_ms = now + relay.cfg->keepalive_ms + (int64_t)(random() % KEEPALIVE_JITTER_MS);
 	if (c->ws) {
 		STAT_ADD(&c->w->stats, tcp_rtt[RTT_NON_TCP], 1); /* as upstream for WebSocket */
@@ -361,7 +350,6 @@ void conn_peer(const struct conn *c, struct sockaddr_storage *peer, socklen_t *p
 
 void conn_free(struct conn *c)
 {
-	pthread_mutex_destroy(&c->wmu);
 	sentto_free(c->sent);
 	free(c->hll);
 	ws_free(c);

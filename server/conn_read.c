@@ -149,13 +149,11 @@ static int handle_frame(struct conn *c, uint8_t type, uint8_t *frame, uint32_t l
 		break;
 	case FRAME_PING:
 		/* One pong slot: a ping arriving while one is pending is ignored (upstream). */
-		pthread_mutex_lock(&c->wmu);
 		if (!c->pong_pending) {
 			memcpy(c->pong, payload, 8);
 			c->pong_pending = 1;
 			worker_mark_ready(c); /* our own list: drained at the end of this turn */
 		}
-		pthread_mutex_unlock(&c->wmu);
 		break;
 	}
 	return 0;

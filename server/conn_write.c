@@ -20,12 +20,10 @@ const int stats_mesh_batch_le[STATS_MESH_BATCH_BUCKETS] = {
 };
 const int stats_mesh_loop_le[STATS_MESH_LOOP_BUCKETS] = { 0, 1, 2, 5, 10, 20, 50, 100 };
 
-/* w: the worker writing (c's owner, or another one in conn_write_direct). *more is set
- * when c has more pending than one batch. */
-static struct outbatch *build_batch(struct conn *c, struct worker *w, int *mesh_batches,
-				    int *more)
+static struct outbatch *build_batch(struct conn *c, int *mesh_batches)
 {
-	struct outbatch *b = worker_batch_get(w);
+	struct outbatch *b = worker_batch_get(c->w);
+	int more = 0;
 
 	if (!b)
 		return NULL;
@@ -43,14 +41,14 @@ static struct outbatch *build_batch(struct conn *c, struct worker *w, int *mesh_
 		}
 		b->ctrl_len = k;
 		b->nframes++;
-		*more = c->llen > 0;
+		more = c->llen > 0;
 	}
 	if (c->state == CS_RUNNING) {
 		if (c->pong_pending && b->ctrl_len + 13 <= BATCH_CTRL) {
 			b->ctrl_len += (uint32_t)frame_pong(b->ctrl + b->ctrl_len, c->pong);
 			c->pong_pending = 0;
 			b->nframes++;
-			STAT_ADD(&w->stats, sent_pong, 1);
+			STAT_ADD(&c->w->stats, sent_pong, 1);
 		}
 		int qmore = 0, nctrl = 0;
 		b->npkt = sendq_take(&c->q, b->pkt, BATCH_PKTS, b->ctrl, &b->ctrl_len, BATCH_CTRL,
@@ -58,11 +56,11 @@ static struct outbatch *build_batch(struct conn *c, struct worker *w, int *mesh_
 		b->nframes += nctrl;
 		/* A watcher's control frames are its mesh updates (PeerPresent/PeerGone). */
 		if (c->is_watcher && nctrl) {
-			STAT_OBSERVE(&w->stats, mesh_batch, stats_mesh_batch_le,
+			STAT_OBSERVE(&c->w->stats, mesh_batch, stats_mesh_batch_le,
 				     STATS_MESH_BATCH_BUCKETS, nctrl);
 			(*mesh_batches)++;
 		}
-		*more |= qmore | c->pong_pending;
+		more |= qmore | c->pong_pending;
 	}
 	if (c->ws)
 		b->niov = 1; /* iov[0]: the WebSocket framing, filled in below */
@@ -90,16 +88,18 @@ static struct outbatch *build_batch(struct conn *c, struct worker *w, int *mesh_
 	for (int i = 0; c->hll && i < b->npkt; i++)
 		if (b->pkt[i].len >= FRAME_HEADER_LEN + 32)
 			hll_add(c->hll, b->pkt[i].frame + FRAME_HEADER_LEN);
+	if (more)
+		worker_mark_ready(c); /* our own list: no wake-up needed */
 	if (!b->niov) {
-		worker_batch_put(w, b);
+		worker_batch_put(c->w, b);
 		return NULL;
 	}
 	return b;
 }
 
-static void batch_done(struct worker *w, struct outbatch *b)
+static void batch_done(struct conn *c, struct outbatch *b)
 {
-	struct derp_stats *st = &w->stats;
+	struct derp_stats *st = &c->w->stats;
 	for (int i = 0; i < b->npkt; i++) {
 		STAT_ADD(st, packets_sent, 1);
 		STAT_ADD(st, bytes_sent, b->pkt[i].len - FRAME_HEADER_LEN - DERP_KEY_LEN);
@@ -107,7 +107,7 @@ static void batch_done(struct worker *w, struct outbatch *b)
 	}
 	STAT_OBSERVE(st, write_frames, stats_write_frames_le, STATS_WRITE_FRAMES_BUCKETS,
 		     b->nframes);
-	worker_batch_put(w, b);
+	worker_batch_put(c->w, b);
 }
 
 static void batch_advance(struct outbatch *b, size_t n)
@@ -142,21 +142,18 @@ static void note_mesh_loops(struct conn *c, int n)
 		STAT_OBSERVE(&c->w->stats, mesh_loop, stats_mesh_loop_le, STATS_MESH_LOOP_BUCKETS, n);
 }
 
-static int flush_locked(struct conn *c)
+int conn_flush(struct conn *c)
 {
 	int mesh_batches = 0;
 
 	for (int round = 0; round < FLUSH_ROUNDS; round++) {
 		if (c->state == CS_CLOSED)
 			return -1;
-		int more = 0;
-		if (!c->out && !(c->out = build_batch(c, c->w, &mesh_batches, &more))) {
+		if (!c->out && !(c->out = build_batch(c, &mesh_batches))) {
 			note_mesh_loops(c, mesh_batches);
 			conn_set_stalled(c, 0);
 			return 0;
 		}
-		if (more)
-			worker_mark_ready(c); /* our own list: no wake-up needed */
 		struct outbatch *b = c->out;
 		ssize_t n = conn_writev(c, b->iov + b->iov_idx, b->niov - b->iov_idx);
 		if (n < 0) {
@@ -178,7 +175,7 @@ static int flush_locked(struct conn *c)
 			return 0;
 		}
 		c->out = NULL;
-		batch_done(c->w, b);
+		batch_done(c, b);
 		if (ws_closing(c) && !ws_pending(c)) {
 			conn_close(c, "WebSocket closed");
 			return -1;
@@ -187,38 +184,6 @@ static int flush_locked(struct conn *c)
 	note_mesh_loops(c, mesh_batches);
 	worker_mark_ready(c); /* more than one turn's worth: continue next turn */
 	return 0;
-}
-
-int conn_flush(struct conn *c)
-{
-	pthread_mutex_lock(&c->wmu);
-	int r = flush_locked(c);
-	pthread_mutex_unlock(&c->wmu);
-	return r;
-}
-
-/* Another worker w writes c's queued packets itself, the caller holding c's shard lock
- * and c->wmu: one writev of what is queued, if nothing of the owner's is in the way.
- * Returns 1 if all of it was written; else what is left is the owner's to write (a
- * partial batch stays in c->out; errors and stalls are the owner's to handle too). */
-int conn_write_direct(struct conn *c, struct worker *w)
-{
-	int mesh_batches = 0, more = 0;
-
-	if (!c->direct_ok || c->out || c->llen || c->pong_pending)
-		return 0;
-	struct outbatch *b = build_batch(c, w, &mesh_batches, &more);
-	if (!b)
-		return !more;
-	ssize_t n = conn_writev(c, b->iov + b->iov_idx, b->niov - b->iov_idx);
-	if (n > 0)
-		batch_advance(b, (size_t)n);
-	if (b->iov_idx < b->niov) {
-		c->out = b;
-		return 0;
-	}
-	batch_done(w, b);
-	return !more;
 }
 
 void conn_on_writable(struct conn *c)

@@ -114,12 +114,7 @@ struct conn {
 	uint32_t rstart, rend;
 	uint64_t discard;       /* payload bytes of a skipped frame still to read */
 
-	/* write side. wmu guards it (out, lbuf, pong_pending, direct_ok) wherever another
-	 * worker may write this conn's queued packets itself (relay_direct_flush). */
-	pthread_mutex_t wmu;
-	uint8_t direct_ok;      /* plain TCP and running: other workers may write to it */
-	uint8_t direct_pending; /* a worker noted it for relay_direct_flush; under the key's
-				 * shard lock */
+	/* write side */
 	uint8_t *lbuf;          /* frames this worker made for this conn (ServerKey, pong, ...) */
 	uint32_t llen, lcap;
 	struct outbatch *out;
@@ -174,8 +169,6 @@ void conn_start_running(struct conn *c);
 void conn_set_stalled(struct conn *c, int stalled);
 /* Write what is pending; returns -1 if the connection was closed. */
 int conn_flush(struct conn *c);
-/* Worker w (not c's owner) writes c's queued packets; see conn_write.c. */
-int conn_write_direct(struct conn *c, struct worker *w);
 /* Room in c->rchunk for the next read (the frame in progress kept whole). -1 on OOM. */
 int conn_ensure_space(struct conn *c);
 /* Handle a complete request head (http.c). Returns -1 if the connection was closed. */
@@ -211,8 +204,6 @@ void ws_free(struct conn *c);
 
 /* ---- workers (worker.c) ---- */
 
-#define DIRECT_MAX 64 /* receivers of other workers noted per read, at most */
-
 struct worker {
 	int id;
 	pthread_t thread;
@@ -234,9 +225,6 @@ struct worker {
 	struct mesh_out *adopt;   /* outbound mesh connections to take on (under ready_mu) */
 	struct admission_ask *admitted; /* admission answers to act on (under ready_mu) */
 	struct conn *rate_waiting;      /* waiting for rate tokens; resumed to the ms */
-	int sleeping;             /* atomic: in epoll_wait with a timeout (a hint to others) */
-	int ndirect;              /* receivers of other workers to write to (relay_direct_flush) */
-	struct direct_note { uint8_t key[32]; uint64_t id; } direct[DIRECT_MAX];
 	struct conn **wheel;      /* timer wheel slots */
 	int64_t wheel_ms;         /* time up to which the wheel has been processed */
 	int64_t loop_ms;          /* now_ms() once per loop turn: per-packet time stamps */
@@ -290,8 +278,6 @@ extern struct relay relay;
 
 /* Route a packet (frame already rewritten as RecvPacket) from conn src to dst key. */
 void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco);
-/* Write the packets this worker queued for receivers of other workers it noted. */
-void relay_direct_flush(struct worker *w);
 /* Deliver p (read on src) to dst's active local connection. Returns the lookup result;
  * on CM_FOUND *dst_id is the receiving connection's id. */
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,

@@ -41,29 +41,6 @@ struct deliver_arg {
 	int busy;           /* a receiver on another worker filled up but is draining */
 };
 
-/* A receiver of another worker that is asleep, or late (its queue half full): note it, and
- * this worker writes its packets itself once the read is parsed (relay_direct_flush),
- * sparing that worker a wake-up, and the packets the wait for it to be scheduled. Under
- * dst's shard lock. */
-static int direct_note(struct conn *dst, int queued)
-{
-	struct worker *w = current_worker;
-
-	if (!w || dst->w == w)
-		return 0;
-	if (dst->direct_pending)
-		return 1; /* some worker's flush will take this packet along */
-	if (w->ndirect == DIRECT_MAX ||
-	    !__atomic_load_n(&dst->direct_ok, __ATOMIC_RELAXED) ||
-	    !(__atomic_load_n(&dst->w->sleeping, __ATOMIC_RELAXED) ||
-	      queued >= relay.queue_depth / 2))
-		return 0;
-	dst->direct_pending = 1;
-	memcpy(w->direct[w->ndirect].key, dst->key, 32);
-	w->direct[w->ndirect++].id = dst->id;
-	return 1;
-}
-
 /* Runs under the destination key's shard lock. */
 static void deliver(void *owner, void *arg)
 {
@@ -72,10 +49,8 @@ static void deliver(void *owner, void *arg)
 
 	chunk_ref(a->p->c);
 	int n = sendq_push_pkt(&dst->q, a->p, a->disco, &current_worker->stats);
-	a->dst_id = dst->id;
-	if (direct_note(dst, n))
-		return;
 	a->wake = worker_mark_ready(dst);
+	a->dst_id = dst->id;
 	if (n >= relay.queue_depth) {
 		if (dst->w == current_worker)
 			a->flush = dst;
@@ -104,42 +79,6 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 	if (a.busy)
 		src->paused = 1;
 	return r;
-}
-
-struct direct_arg {
-	struct worker *w;
-	uint64_t id;
-	struct worker *wake;
-};
-
-/* Under the key's shard lock, so the connection cannot go away meanwhile. */
-static void direct_one(void *owner, void *arg)
-{
-	struct conn *c = owner;
-	struct direct_arg *d = arg;
-
-	if (c->id != d->id)
-		return;
-	c->direct_pending = 0;
-	/* The owner writing it right now will see these packets, once marked. */
-	if (pthread_mutex_trylock(&c->wmu) == 0) {
-		int done = conn_write_direct(c, d->w);
-		pthread_mutex_unlock(&c->wmu);
-		if (done)
-			return;
-	}
-	d->wake = worker_mark_ready(c);
-}
-
-void relay_direct_flush(struct worker *w)
-{
-	for (int i = 0; i < w->ndirect; i++) {
-		struct direct_arg d = { w, w->direct[i].id, NULL };
-		client_map_each_of(relay.map, w->direct[i].key, direct_one, &d);
-		if (d.wake)
-			worker_wake(d.wake);
-	}
-	w->ndirect = 0;
 }
 
 /* PeerGone(NotHere) to the sender: a token bucket of 1/s, burst 3 (PROTOCOL.md §7.3). */

@@ -201,8 +201,6 @@ static int ready_take(struct worker *w)
  * of this loop turn. */
 static void ready_drain(struct worker *w)
 {
-	if (w->ndirect)
-		relay_direct_flush(w);
 	if (!__atomic_load_n(&w->ready, __ATOMIC_RELAXED))
 		return;
 	for (int round = 0; round < 4; round++) {
@@ -413,9 +411,7 @@ static void *worker_main(void *arg)
 			wait = 0;
 		else if (w->drain_until && wait > 10)
 			wait = 10;
-		__atomic_store_n(&w->sleeping, wait != 0, __ATOMIC_RELAXED);
 		int n = epoll_wait(w->epfd, evs, 256, wait);
-		__atomic_store_n(&w->sleeping, 0, __ATOMIC_RELAXED);
 		/* One clock read per turn serves every packet's queue-time stamp. */
 		w->loop_ms = now_ms();
 		for (int i = 0; i < n; i++) {
