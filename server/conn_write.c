@@ -149,10 +149,15 @@ int conn_flush(struct conn *c)
 	for (int round = 0; round < FLUSH_ROUNDS; round++) {
 		if (c->state == CS_CLOSED)
 			return -1;
-		if (!c->out && !(c->out = build_batch(c, &mesh_batches))) {
-			note_mesh_loops(c, mesh_batches);
-			conn_set_stalled(c, 0);
-			return 0;
+		if (!c->out) {
+			if (!(c->out = build_batch(c, &mesh_batches))) {
+				note_mesh_loops(c, mesh_batches);
+				conn_set_stalled(c, 0);
+				return 0;
+			}
+			/* Its queue is taken: a sender paused on it may go on (relay_deliver). */
+			if (__atomic_load_n(&c->w->waited_on, __ATOMIC_RELAXED))
+				worker_turn_done(c->w);
 		}
 		struct outbatch *b = c->out;
 		ssize_t n = conn_writev(c, b->iov + b->iov_idx, b->niov - b->iov_idx);

@@ -93,6 +93,8 @@ struct conn {
 	uint8_t peer_shut;      /* EPOLLRDHUP/HUP/ERR seen: read to the end, not to a short read */
 	uint8_t read_large;     /* reads fill small chunks: use large ones */
 	uint8_t paused;         /* stop parsing: a receiver on another worker is catching up */
+	struct worker *pause_w; /* ... on that worker: parse again once its turn count */
+	uint64_t pause_turn;    /* has moved on from this */
 	uint8_t admitting;      /* 1: admission asked; 2: closed meanwhile, freed on the answer */
 	uint8_t rate_charged;   /* this frame's tokens are taken (or being waited for) */
 	uint32_t rate_gen;      /* relay.rate_gen the bucket was set from */
@@ -216,6 +218,9 @@ struct worker {
 	struct conn **drain;      /* ready_drain's snapshot of that list */
 	int ndrain;
 	struct conn *more, *more_tail; /* read backlog, oldest first (worker_read_later) */
+	int more_waiting;         /* everything on it waits for other workers' turns */
+	uint64_t turns;           /* atomic: loop turns done (paused senders wait on it) */
+	int waited_on;            /* atomic: a sender of another worker waits for our turn */
 	uint64_t rbytes;          /* bytes read so far: budgets the backlog's turn */
 	struct conn *grave;       /* closed, freed at the end of the loop iteration */
 	struct conn *conns;       /* every live conn of this worker */
@@ -243,6 +248,7 @@ void worker_timer_set(struct conn *c, int64_t at_ms);
 /* c has more to read than one turn's share: read it in a later turn, in arrival order.
  * conn_on_readable() takes it off that list again. Owner worker only. */
 void worker_read_later(struct conn *c);
+void worker_turn_done(struct worker *w);
 void worker_read_forget(struct conn *c);
 /* c waits for rate-limit tokens until c->rate_resume_ms; resume it then, to the ms (the
  * timer wheel's 100 ms ticks would cut a limited client's rate). */

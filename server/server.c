@@ -38,7 +38,7 @@ struct deliver_arg {
 	struct worker *wake;
 	uint64_t dst_id;
 	struct conn *flush; /* a receiver of this worker whose queue just filled */
-	int busy;           /* a receiver on another worker filled up but is draining */
+	struct worker *busy; /* a receiver of this other worker filled up but is draining */
 };
 
 /* Runs under the destination key's shard lock. */
@@ -55,14 +55,14 @@ static void deliver(void *owner, void *arg)
 		if (dst->w == current_worker)
 			a->flush = dst;
 		else if (!__atomic_load_n(&dst->stall_ms, __ATOMIC_RELAXED))
-			a->busy = 1;
+			a->busy = dst->w;
 	}
 }
 
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
 			     int disco, uint64_t *dst_id)
 {
-	struct deliver_arg a = { p, disco, NULL, 0, NULL, 0 };
+	struct deliver_arg a = { p, disco, NULL, 0, NULL, NULL };
 	enum cm_lookup r = client_map_with_active(relay.map, dst, deliver, &a);
 
 	if (a.wake)
@@ -75,9 +75,14 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 		conn_flush(a.flush);
 	/* A receiver on the other worker is full only because that worker has not had its
 	 * turn yet (its socket is not stalled): let the sender pause until it has, instead
-	 * of overrunning the queue. A receiver that is really slow costs only itself. */
-	if (a.busy)
+	 * of overrunning the queue. A receiver that is really slow costs only itself. That
+	 * worker wakes us at the end of its turn (worker_main). */
+	if (a.busy) {
 		src->paused = 1;
+		src->pause_w = a.busy;
+		src->pause_turn = __atomic_load_n(&a.busy->turns, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&a.busy->waited_on, 1, __ATOMIC_SEQ_CST);
+	}
 	return r;
 }
 

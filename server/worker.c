@@ -217,6 +217,17 @@ static void ready_drain(struct worker *w)
 	}
 }
 
+/* Our receivers' queues were taken: senders of other workers paused on one of them may
+ * go on (relay_deliver). */
+void worker_turn_done(struct worker *w)
+{
+	__atomic_add_fetch(&w->turns, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_exchange_n(&w->waited_on, 0, __ATOMIC_SEQ_CST))
+		for (int i = 0; i < relay.nworkers; i++)
+			if (&relay.workers[i] != w)
+				worker_wake(&relay.workers[i]);
+}
+
 /* ---- read backlog: connections with more to read than one turn's share ---- */
 
 void worker_read_later(struct conn *c)
@@ -225,6 +236,8 @@ void worker_read_later(struct conn *c)
 
 	if (c->on_more)
 		return;
+	if (!c->pause_w)
+		w->more_waiting = 0; /* something to read now */
 	c->on_more = 1;
 	c->more_next = NULL;
 	c->more_prev = w->more_tail;
@@ -259,16 +272,28 @@ static void more_run(struct worker *w)
 {
 	uint64_t start = w->rbytes;
 	struct conn *last = w->more_tail;
+	int ran = 0, all = 0;
 
 	/* (a count too: a conn that reads nothing, e.g. one resuming from a pause, must not
 	 * keep a turn going if `last` left the list meanwhile) */
 	for (int i = 0; w->more && i < 1024 && w->rbytes - start < MORE_BUDGET; i++) {
 		struct conn *c = w->more;
-		conn_on_readable(c); /* takes c off the list; puts it at the end if need be */
-		ready_drain(w);
-		if (c == last)
+		all = c == last;
+		if (c->pause_w && __atomic_load_n(&c->pause_w->turns, __ATOMIC_SEQ_CST) ==
+					  c->pause_turn) {
+			worker_read_forget(c); /* its receiver still full: to the back */
+			worker_read_later(c);
+		} else {
+			c->pause_w = NULL;
+			conn_on_readable(c); /* takes c off the list; puts it at the end if need be */
+			ready_drain(w);
+			ran++;
+		}
+		if (all)
 			break;
 	}
+	/* Nothing to do but wait for other workers' turns: they wake us (worker_main). */
+	w->more_waiting = all && !ran;
 }
 
 /* ---- output batches are pooled per worker ---- */
@@ -407,8 +432,11 @@ static void *worker_main(void *arg)
 			break;
 		/* Left-over work on the ready list: poll without sleeping. */
 		int wait = w->rate_waiting ? rate_resume(w, now_ms()) : WHEEL_TICK_MS;
-		if (w->more || __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
+		if ((w->more && !w->more_waiting) ||
+		    __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
 			wait = 0;
+		else if (w->more && wait > 10)
+			wait = 10; /* a safety net: the wake-up below is what we wait for */
 		else if (w->drain_until && wait > 10)
 			wait = 10;
 		int n = epoll_wait(w->epfd, evs, 256, wait);
@@ -463,6 +491,7 @@ static void *worker_main(void *arg)
 			w->grave = c->next;
 			conn_free(c);
 		}
+		worker_turn_done(w);
 	}
 	/* Shutdown: close every connection this worker owns. */
 	while (w->conns)
