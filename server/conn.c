@@ -298,6 +298,11 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 		chunk_put(c->rchunk);
 		c->rchunk = NULL;
 	}
+	if (c->held.c) { /* a packet it sent that found the receiver's queue full */
+		sendq_count_drop(st, DROP_QUEUE_TAIL, &c->held);
+		chunk_put(c->held.c);
+		c->held.c = NULL;
+	}
 	/* Move from the live list to the grave; freed once this loop turn is over, or when
 	 * its pending admission answer arrives (the answer still points at it). */
 	if (c->prev)

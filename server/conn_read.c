@@ -311,6 +311,8 @@ int conn_ensure_space(struct conn *c)
 
 void conn_on_readable(struct conn *c)
 {
+	if (c->held.c)
+		return; /* it waits on the backlog until its packet is delivered (more_run) */
 	worker_read_forget(c);
 	if (c->ssl && !c->tls_done && tls_handshake(c) <= 0)
 		return;

@@ -49,6 +49,7 @@ void sendq_init(struct sendq *q);
  * packet's chunk reference either way. */
 /* Returns the number of packets now in p's queue. */
 int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
+int sendq_full(struct sendq *q, int disco);
 void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len);
 /* Owner: move up to max packets into out[] (alternating queues) and append whole control
  * frames into ctrl (up to ctrl_cap), counting them in *nctrl. Returns the packet count. */
@@ -95,6 +96,10 @@ struct conn {
 	uint8_t paused;         /* stop parsing: a receiver on another worker is catching up */
 	struct worker *pause_w; /* ... on that worker: parse again once its turn count */
 	uint64_t pause_turn;    /* has moved on from this */
+	struct pkt held;        /* held.c set: the packet that found that queue full, kept */
+	uint8_t held_dst[32];   /* for it rather than dropped (relay_retry_held) */
+	uint8_t held_disco;
+	int64_t held_ms;        /* since when (loop_ms); a hold ends with a drop after 100 ms */
 	uint8_t admitting;      /* 1: admission asked; 2: closed meanwhile, freed on the answer */
 	uint8_t rate_charged;   /* this frame's tokens are taken (or being waited for) */
 	uint32_t rate_gen;      /* relay.rate_gen the bucket was set from */
@@ -284,10 +289,14 @@ extern struct relay relay;
 
 /* Route a packet (frame already rewritten as RecvPacket) from conn src to dst key. */
 void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco);
+/* src paused holding a packet (src->held): route it again. 1 if it is still held. */
+int relay_retry_held(struct conn *src);
 /* Deliver p (read on src) to dst's active local connection. Returns the lookup result;
- * on CM_FOUND *dst_id is the receiving connection's id. */
+ * on CM_FOUND *dst_id is the receiving connection's id. With held non-NULL, a packet that
+ * finds the queue of a receiver on another worker full is not pushed: *held is set and
+ * src pauses (the caller keeps the packet). */
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
-			     int disco, uint64_t *dst_id);
+			     int disco, uint64_t *dst_id, int *held);
 /* PeerGone(NotHere) to c, rate limited (PROTOCOL.md §7.3). */
 void relay_not_here(struct conn *c, const uint8_t dst[32]);
 /* PeerGone(key) to each (destination, connection id) of set still on that connection. */

@@ -82,6 +82,14 @@ int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_
 	return n;
 }
 
+int sendq_full(struct sendq *q, int disco)
+{
+	pthread_mutex_lock(&q->mu);
+	int full = q->n[disco ? Q_DISCO : Q_REGULAR] >= relay.queue_depth;
+	pthread_mutex_unlock(&q->mu);
+	return full;
+}
+
 void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len)
 {
 	struct ctrl_frame *f = malloc(sizeof *f);

@@ -18,6 +18,7 @@
 
 #define MAP_SHARDS 256
 #define NOTHERE_BURST 3.0
+#define HOLD_MAX_MS 100 /* a receiver's worker that has not taken its queue by then won't */
 
 struct relay relay = { .rate_mu = PTHREAD_MUTEX_INITIALIZER };
 
@@ -39,6 +40,7 @@ struct deliver_arg {
 	uint64_t dst_id;
 	struct conn *flush; /* a receiver of this worker whose queue just filled */
 	struct worker *busy; /* a receiver of this other worker filled up but is draining */
+	int hold;           /* the sender can keep a packet that finds such a queue full */
 };
 
 /* Runs under the destination key's shard lock. */
@@ -46,25 +48,36 @@ static void deliver(void *owner, void *arg)
 {
 	struct conn *dst = owner;
 	struct deliver_arg *a = arg;
+	int draining = dst->w != current_worker && !__atomic_load_n(&dst->stall_ms,
+								       __ATOMIC_RELAXED);
 
+	a->dst_id = dst->id;
+	/* Full, but its worker takes the whole queue on its next turn (the pushes that
+	 * filled it marked it ready): the packet waits with its sender, not dropped. */
+	if (a->hold && draining && sendq_full(&dst->q, a->disco)) {
+		a->busy = dst->w;
+		a->hold = 2;
+		return;
+	}
 	chunk_ref(a->p->c);
 	int n = sendq_push_pkt(&dst->q, a->p, a->disco, &current_worker->stats);
 	a->wake = worker_mark_ready(dst);
-	a->dst_id = dst->id;
 	if (n >= relay.queue_depth) {
 		if (dst->w == current_worker)
 			a->flush = dst;
-		else if (!__atomic_load_n(&dst->stall_ms, __ATOMIC_RELAXED))
+		else if (draining)
 			a->busy = dst->w;
 	}
 }
 
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
-			     int disco, uint64_t *dst_id)
+			     int disco, uint64_t *dst_id, int *held)
 {
-	struct deliver_arg a = { p, disco, NULL, 0, NULL, NULL };
+	struct deliver_arg a = { p, disco, NULL, 0, NULL, NULL, held != NULL };
 	enum cm_lookup r = client_map_with_active(relay.map, dst, deliver, &a);
 
+	if (held)
+		*held = r == CM_FOUND && a.hold == 2;
 	if (a.wake)
 		worker_wake(a.wake);
 	*dst_id = a.dst_id;
@@ -84,6 +97,24 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 		__atomic_store_n(&a.busy->waited_on, 1, __ATOMIC_SEQ_CST);
 	}
 	return r;
+}
+
+int relay_retry_held(struct conn *src)
+{
+	struct pkt p = src->held;
+	uint8_t dst[32];
+
+	memcpy(dst, src->held_dst, 32);
+	src->held.c = NULL;
+	relay_route(src, dst, &p, src->held_disco);
+	chunk_put(p.c); /* the hold's reference; a queue or a new hold took its own */
+	if (!src->held.c) {
+		src->held_ms = 0;
+		return 0;
+	}
+	src->paused = 0; /* not parsing: back on the backlog directly */
+	worker_read_later(src);
+	return 1;
 }
 
 /* PeerGone(NotHere) to the sender: a token bucket of 1/s, burst 3 (PROTOCOL.md §7.3). */
@@ -108,10 +139,22 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 {
 	struct derp_stats *st = &current_worker->stats;
 	uint64_t dst_id;
+	int held = 0;
+	int may_hold = !src->held_ms || current_worker->loop_ms - src->held_ms < HOLD_MAX_MS;
 
 	p->enq_ms = (uint32_t)current_worker->loop_ms;
-	switch (relay_deliver(src, dst, p, disco, &dst_id)) {
+	switch (relay_deliver(src, dst, p, disco, &dst_id, may_hold ? &held : NULL)) {
 	case CM_FOUND:
+		if (held) {
+			chunk_ref(p->c);
+			src->held = *p;
+			memmove(src->held_dst, dst, 32);
+			src->held_disco = (uint8_t)disco;
+			if (!src->held_ms)
+				src->held_ms = current_worker->loop_ms;
+		} else {
+			src->held_ms = 0;
+		}
 		sentto_note(&src->sent, dst, dst_id);
 		return;
 	case CM_DUP_FIGHT:

@@ -285,7 +285,10 @@ static void more_run(struct worker *w)
 			worker_read_later(c);
 		} else {
 			c->pause_w = NULL;
-			conn_on_readable(c); /* takes c off the list; puts it at the end if need be */
+			worker_read_forget(c);
+			/* The packet it held goes first; then what it has not read yet. */
+			if (!c->held.c || !relay_retry_held(c))
+				conn_on_readable(c); /* puts it at the end of the list if need be */
 			ready_drain(w);
 			ran++;
 		}
