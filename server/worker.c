@@ -297,6 +297,7 @@ static void more_run(struct worker *w)
 	}
 	/* Nothing to do but wait for other workers' turns: they wake us (worker_main). */
 	w->more_waiting = all && !ran;
+	w->spins = ran ? 0 : w->spins + 1;
 }
 
 /* ---- output batches are pooled per worker ---- */
@@ -435,7 +436,7 @@ static void *worker_main(void *arg)
 			break;
 		/* Left-over work on the ready list: poll without sleeping. */
 		int wait = w->rate_waiting ? rate_resume(w, now_ms()) : WHEEL_TICK_MS;
-		if ((w->more && !w->more_waiting) ||
+		if ((w->more && (!w->more_waiting || w->spins < 32)) ||
 		    __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
 			wait = 0;
 		else if (w->more && wait > 10)
