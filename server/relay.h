@@ -224,8 +224,8 @@ struct worker {
 	int ndrain;
 	struct conn *more, *more_tail; /* read backlog, oldest first (worker_read_later) */
 	int more_waiting;         /* everything on it waits for other workers' turns */
-	int spins;                /* turns in a row more_run found nothing to do */
-	uint64_t turns;           /* atomic: loop turns done (paused senders wait on it) */
+	int spins;                /* turns in a row more_run found nothing to do (capped) */
+	uint64_t turns;           /* atomic: bumped once queues were taken (worker_turn_done) */
 	int waited_on;            /* atomic: a sender of another worker waits for our turn */
 	uint64_t rbytes;          /* bytes read so far: budgets the backlog's turn */
 	struct conn *grave;       /* closed, freed at the end of the loop iteration */

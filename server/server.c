@@ -89,7 +89,7 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 	/* A receiver on the other worker is full only because that worker has not had its
 	 * turn yet (its socket is not stalled): let the sender pause until it has, instead
 	 * of overrunning the queue. A receiver that is really slow costs only itself. That
-	 * worker wakes us at the end of its turn (worker_main). */
+	 * worker wakes us once it has taken the queue (worker_turn_done). */
 	if (a.busy) {
 		src->paused = 1;
 		src->pause_w = a.busy;

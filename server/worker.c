@@ -19,6 +19,7 @@
 #define WHEEL_TICK_MS 100  /* resolution of every deadline */
 #define ACCEPT_BUDGET 64
 #define MORE_BUDGET (256 * 1024) /* backlog bytes read per loop turn */
+#define SPIN_TURNS 32
 #define BATCH_POOL_MAX 64
 /* Graceful stop (a derpd extension): clients are told to reconnect in RESTART_IN_MS and
  * keep trying for RESTART_TRY_MS; queued output gets DRAIN_MS to go out. */
@@ -295,9 +296,9 @@ static void more_run(struct worker *w)
 		if (all)
 			break;
 	}
-	/* Nothing to do but wait for other workers' turns: they wake us (worker_main). */
+	/* Nothing to do but wait for other workers' turns: they wake us (worker_turn_done). */
 	w->more_waiting = all && !ran;
-	w->spins = ran ? 0 : w->spins + 1;
+	w->spins = ran ? 0 : w->spins < SPIN_TURNS ? w->spins + 1 : SPIN_TURNS;
 }
 
 /* ---- output batches are pooled per worker ---- */
@@ -436,7 +437,9 @@ static void *worker_main(void *arg)
 			break;
 		/* Left-over work on the ready list: poll without sleeping. */
 		int wait = w->rate_waiting ? rate_resume(w, now_ms()) : WHEEL_TICK_MS;
-		if ((w->more && (!w->more_waiting || w->spins < 32)) ||
+		/* A backlog that only waits on other workers: poll a few turns before sleeping
+		 * (the wake-up costs more than the wait, often). */
+		if ((w->more && (!w->more_waiting || w->spins < SPIN_TURNS)) ||
 		    __atomic_load_n(&w->ready, __ATOMIC_RELAXED) != NULL)
 			wait = 0;
 		else if (w->more && wait > 10)
