@@ -198,7 +198,7 @@ static int parse_frames(struct conn *c)
 			return 1; /* frames wait for the admission answer (handshake_admitted) */
 		if (c->paused) {
 			c->paused = 0;
-			worker_read_later(c); /* resume next turn, after the other worker's */
+			worker_read_later(c); /* resumed once the other worker took the queue */
 			return 1;
 		}
 		uint32_t avail = c->rend - c->rstart;

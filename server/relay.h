@@ -254,8 +254,9 @@ void worker_timer_set(struct conn *c, int64_t at_ms);
 /* c has more to read than one turn's share: read it in a later turn, in arrival order.
  * conn_on_readable() takes it off that list again. Owner worker only. */
 void worker_read_later(struct conn *c);
-void worker_turn_done(struct worker *w);
 void worker_read_forget(struct conn *c);
+/* w's receivers' queues were taken: wake senders of other workers that wait on them. */
+void worker_turn_done(struct worker *w);
 /* c waits for rate-limit tokens until c->rate_resume_ms; resume it then, to the ms (the
  * timer wheel's 100 ms ticks would cut a limited client's rate). */
 void worker_rate_wait(struct conn *c);
