@@ -119,6 +119,9 @@ void prom_write(struct mbuf *b, const struct metrics_snapshot *s)
 	    "Resident memory when the relay started (derper's derp_memstats_sys0).",
 	    (long long)g->memstats_sys0);
 
+	one(b, "derpd_conn_moves_total", "counter",
+	    "Connections moved to the worker thread their packets go to.",
+	    (long long)d->conn_moves);
 	derp_counters(b, d);
 	onef(b, "derp_average_queue_duration_seconds", "gauge",
 	     "Moving average (alpha 0.1) of the time packets spent queued.",

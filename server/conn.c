@@ -97,6 +97,7 @@ static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *
 	if (w->conns)
 		w->conns->prev = c;
 	w->conns = c;
+	__atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
 	c->deadline_ms = c->created_ms + HTTP_HEAD_TIMEOUT_MS;
 	if (client_ssl) {
 		c->ssl = client_ssl;
@@ -312,6 +313,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	if (c->next)
 		c->next->prev = c->prev;
 	c->prev = NULL;
+	__atomic_sub_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
 	if (c->admitting) {
 		c->admitting = 2;
 		return;

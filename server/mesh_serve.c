@@ -331,7 +331,7 @@ void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len)
 	}
 	uint8_t *data = frame + 69;
 	int disco = frame_is_disco(data, n);
-	switch (relay_deliver(c, dst, &p, disco, &dst_id, NULL)) {
+	switch (relay_deliver(c, dst, &p, disco, &dst_id, NULL, NULL)) {
 	case CM_FOUND:
 		rsent_note(srck, dst, dst_id);
 		return;

@@ -2,7 +2,8 @@
  * threads push into. Ownership rule: only a connection's worker reads, writes or frees it;
  * other threads reach it only through client_map_with_active() -> sendq_push_*() ->
  * worker_mark_ready(), all while holding the key's map shard lock, which is what keeps the
- * connection alive for them (it is unregistered before it is freed). */
+ * connection alive for them (it is unregistered before it is freed) and c->w steady (an
+ * owner hands a connection to another worker under that lock: move.c). */
 #ifndef DERPD_RELAY_H
 #define DERPD_RELAY_H
 #include <netinet/in.h>
@@ -147,6 +148,14 @@ struct conn {
 	struct bridge *bridge;  /* plain HTTP over TLS, carried to libmicrohttpd */
 	struct ws_conn *ws;     /* DERP over WebSocket (ws_conn.c) */
 
+	/* moving to another worker (move.c) */
+	struct worker *move_to; /* the other worker its last move_n packets went to */
+	uint32_t move_n;
+	uint8_t move_queued;    /* on w->move_out */
+	uint8_t moving;         /* between owners: the new one adopts it (w->move_in) first */
+	int64_t move_ms;        /* no move before then */
+	struct conn *move_next;
+
 	struct conn *ready_next;
 	struct conn *more_next, *more_prev;
 	struct conn *next, *prev; /* worker's list of all its conns */
@@ -230,6 +239,9 @@ struct worker {
 	uint64_t rbytes;          /* bytes read so far: budgets the backlog's turn */
 	struct conn *grave;       /* closed, freed at the end of the loop iteration */
 	struct conn *conns;       /* every live conn of this worker */
+	int nconns;               /* atomic: how many (read by other workers, move.c) */
+	struct conn *move_out;    /* to move to another worker at the end of this turn */
+	struct conn *move_in;     /* moved here, to adopt (under ready_mu) */
 	struct outbatch *batch_pool;
 	int nbatch_pool;
 	uint8_t *scratch;         /* WORKER_SCRATCH bytes for peeking request heads */
@@ -286,6 +298,7 @@ struct relay {
 	int64_t start_ms;
 	double memstats_sys0;
 	uint64_t next_conn_id; /* atomic */
+	pthread_barrier_t stop_barrier; /* workers meet here before their last clean-up */
 };
 extern struct relay relay;
 
@@ -294,15 +307,23 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 /* src paused holding a packet (src->held): route it again. 1 if it is still held. */
 int relay_retry_held(struct conn *src);
 /* Deliver p (read on src) to dst's active local connection. Returns the lookup result;
- * on CM_FOUND *dst_id is the receiving connection's id. With held non-NULL, a packet that
+ * on CM_FOUND *dst_id is the receiving connection's id and *dst_w (if asked) its worker
+ * then. With held non-NULL, a packet that
  * finds the queue of a receiver on another worker full is not pushed: *held is set and
  * src pauses (the caller keeps the packet). */
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
-			     int disco, uint64_t *dst_id, int *held);
+			     int disco, uint64_t *dst_id, struct worker **dst_w, int *held);
 /* PeerGone(NotHere) to c, rate limited (PROTOCOL.md §7.3). */
 void relay_not_here(struct conn *c, const uint8_t dst[32]);
 /* PeerGone(key) to each (destination, connection id) of set still on that connection. */
 void relay_send_gone(const uint8_t key[32], const struct sentto *set);
+
+/* ---- moving connections between workers (move.c) ---- */
+
+/* Owner: src's packet went to a receiver of dst_w. A long run of them moves src there. */
+void conn_move_note(struct conn *src, struct worker *dst_w);
+void worker_moves_out(struct worker *w); /* end of a loop turn: hand over what is due */
+void worker_moves_in(struct worker *w);  /* start of a loop turn: adopt what was handed */
 
 /* ---- the mesh, server side (mesh_serve.c) ---- */
 

@@ -38,6 +38,7 @@ struct deliver_arg {
 	int disco;
 	struct worker *wake;
 	uint64_t dst_id;
+	struct worker *dst_w;
 	struct conn *flush; /* a receiver of this worker whose queue just filled */
 	struct worker *busy; /* a receiver of this other worker filled up but is draining */
 	int hold;           /* the sender can keep a packet that finds such a queue full */
@@ -52,6 +53,7 @@ static void deliver(void *owner, void *arg)
 								       __ATOMIC_RELAXED);
 
 	a->dst_id = dst->id;
+	a->dst_w = dst->w;
 	/* Full, but its worker takes the whole queue on its next turn (the pushes that
 	 * filled it marked it ready): the packet waits with its sender, not dropped. */
 	if (a->hold && draining && sendq_full(&dst->q, a->disco)) {
@@ -71,9 +73,9 @@ static void deliver(void *owner, void *arg)
 }
 
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
-			     int disco, uint64_t *dst_id, int *held)
+			     int disco, uint64_t *dst_id, struct worker **dst_w, int *held)
 {
-	struct deliver_arg a = { p, disco, NULL, 0, NULL, NULL, held != NULL };
+	struct deliver_arg a = { p, disco, NULL, 0, NULL, NULL, NULL, held != NULL };
 	enum cm_lookup r = client_map_with_active(relay.map, dst, deliver, &a);
 
 	if (held)
@@ -81,6 +83,8 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 	if (a.wake)
 		worker_wake(a.wake);
 	*dst_id = a.dst_id;
+	if (dst_w)
+		*dst_w = a.dst_w;
 	/* A full queue on our own worker: write it out now rather than drop the next
 	 * packet. Safe outside the shard lock: only this thread could free dst. The
 	 * sender's own connection is left alone (it is in the middle of parsing). */
@@ -139,12 +143,14 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 {
 	struct derp_stats *st = &current_worker->stats;
 	uint64_t dst_id;
+	struct worker *dst_w = NULL;
 	int held = 0;
 	int may_hold = !src->held_ms || current_worker->loop_ms - src->held_ms < HOLD_MAX_MS;
 
 	p->enq_ms = (uint32_t)current_worker->loop_ms;
-	switch (relay_deliver(src, dst, p, disco, &dst_id, may_hold ? &held : NULL)) {
+	switch (relay_deliver(src, dst, p, disco, &dst_id, &dst_w, may_hold ? &held : NULL)) {
 	case CM_FOUND:
+		conn_move_note(src, dst_w);
 		if (held) {
 			chunk_ref(p->c);
 			src->held = *p;
@@ -333,6 +339,7 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 		return -1;
 	}
 	memset(relay.workers, 0, sizeof(struct worker) * relay.nworkers);
+	pthread_barrier_init(&relay.stop_barrier, NULL, (unsigned)relay.nworkers);
 	int port = cfg->listen_port;
 	if (port) {
 		/* SO_REUSEPORT would let a second derpd (same user) share the port and split the
@@ -383,6 +390,7 @@ void server_stop(void)
 	}
 	free(relay.workers);
 	relay.workers = NULL;
+	pthread_barrier_destroy(&relay.stop_barrier);
 	client_map_free(relay.map);
 	relay.map = NULL;
 	fwd_free(relay.fwd);

@@ -60,6 +60,7 @@ struct derp_stats {
 	uint64_t mesh_loop_bucket[STATS_MESH_LOOP_BUCKETS + 1], mesh_loop_sum, mesh_loop_count;
 	uint64_t tcp_rtt[RTT_N];
 	uint64_t queue_ns_sum, queue_count; /* for derp_average_queue_duration_ms */
+	uint64_t conn_moves;                /* derpd_conn_moves_total (move.c) */
 	/* gauges (deltas; the sum over workers is the value) */
 	int64_t current_connections;
 	int64_t current_home_connections;

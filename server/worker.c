@@ -210,6 +210,8 @@ static void ready_drain(struct worker *w)
 			return;
 		for (int i = 0; i < n; i++) {
 			struct conn *c = w->drain[i];
+			if (c->moving)
+				continue; /* not ours yet: adopted (and flushed) next turn */
 			if (c->state != CS_CLOSED && __atomic_load_n(&c->close_req, __ATOMIC_ACQUIRE))
 				conn_close(c, "closed by a mesh peer (ClosePeer)");
 			if (c->state != CS_CLOSED)
@@ -480,6 +482,8 @@ static void *worker_main(void *arg)
 		}
 		if (__atomic_load_n(&w->adopt, __ATOMIC_RELAXED))
 			mesh_out_adopt_pending(w);
+		if (__atomic_load_n(&w->move_in, __ATOMIC_RELAXED))
+			worker_moves_in(w);
 		if (__atomic_load_n(&w->admitted, __ATOMIC_RELAXED))
 			handshake_admitted(w);
 		if (w->rate_waiting)
@@ -493,6 +497,8 @@ static void *worker_main(void *arg)
 				listen_pause(w, 0);
 		}
 		ready_drain(w);
+		if (w->move_out)
+			worker_moves_out(w);
 		while (w->grave) {
 			struct conn *c = w->grave;
 			w->grave = c->next;
@@ -500,7 +506,10 @@ static void *worker_main(void *arg)
 		}
 		worker_turn_done(w);
 	}
-	/* Shutdown: close every connection this worker owns. */
+	/* Shutdown: once no worker moves connections any more (each stops at its stop
+	 * flag, then waits here), take in what was moved here and close everything. */
+	pthread_barrier_wait(&relay.stop_barrier);
+	worker_moves_in(w);
 	while (w->conns)
 		conn_close(w->conns, "server shutting down");
 	while (w->grave) {
