@@ -238,14 +238,7 @@ static void ready_unlink(struct conn *c)
 	struct worker *w = c->w;
 
 	pthread_mutex_lock(&w->ready_mu);
-	if (c->on_ready) {
-		struct conn **pp = &w->ready;
-		while (*pp && *pp != c)
-			pp = &(*pp)->ready_next;
-		if (*pp)
-			*pp = c->ready_next;
-		c->on_ready = 0;
-	}
+	worker_ready_unlink_locked(w, c);
 	pthread_mutex_unlock(&w->ready_mu);
 }
 

@@ -144,6 +144,7 @@ int main(int argc, char **argv)
 	admission_stop(); /* pending logins are refused while the workers still run */
 	server_stop();
 	httpd_stop();
+	server_free(); /* after the HTTP threads, which read the relay's counters, are gone */
 	cert_provider_stop(certs);
 	log_info("derpd: stopped");
 	return 0;

@@ -80,14 +80,7 @@ static void switch_owner(void *owner, void *arg)
 	if (owner != c)
 		return;
 	pthread_mutex_lock(&w->ready_mu);
-	if (c->on_ready) {
-		struct conn **pp = &w->ready;
-		while (*pp && *pp != c)
-			pp = &(*pp)->ready_next;
-		if (*pp)
-			*pp = c->ready_next;
-		c->on_ready = 0;
-	}
+	worker_ready_unlink_locked(w, c);
 	c->moving = 1;
 	__atomic_store_n(&c->w, a->to, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&w->ready_mu);
@@ -116,7 +109,7 @@ static void move_one(struct worker *w, struct conn *c, struct worker *to)
 	/* Step 3 is the new worker's. */
 	pthread_mutex_lock(&to->ready_mu);
 	c->move_next = to->move_in;
-	to->move_in = c;
+	__atomic_store_n(&to->move_in, c, __ATOMIC_RELAXED); /* (read unlocked as a hint) */
 	pthread_mutex_unlock(&to->ready_mu);
 	worker_wake(to);
 }
@@ -143,7 +136,7 @@ void worker_moves_in(struct worker *w)
 
 	pthread_mutex_lock(&w->ready_mu);
 	struct conn *list = w->move_in;
-	w->move_in = NULL;
+	__atomic_store_n(&w->move_in, NULL, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&w->ready_mu);
 	while (list) {
 		struct conn *c = list;

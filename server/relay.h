@@ -262,6 +262,8 @@ int64_t now_ms(void);
  * worker to wake with worker_wake() after the lock is released, or NULL. */
 struct worker *worker_mark_ready(struct conn *c);
 void worker_wake(struct worker *w);
+/* Take c off w's ready list (if it is on it); the caller holds w->ready_mu. */
+void worker_ready_unlink_locked(struct worker *w, struct conn *c);
 void worker_timer_set(struct conn *c, int64_t at_ms);
 /* c has more to read than one turn's share: read it in a later turn, in arrival order.
  * conn_on_readable() takes it off that list again. Owner worker only. */

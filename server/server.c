@@ -386,8 +386,15 @@ void server_stop(void)
 		close(w->evfd);
 		free(w->scratch);
 		free(w->wheel);
-		pthread_mutex_destroy(&w->ready_mu);
 	}
+}
+
+void server_free(void)
+{
+	if (!relay.workers)
+		return;
+	for (int i = 0; i < relay.nworkers; i++)
+		pthread_mutex_destroy(&relay.workers[i].ready_mu);
 	free(relay.workers);
 	relay.workers = NULL;
 	pthread_barrier_destroy(&relay.stop_barrier);

@@ -10,6 +10,8 @@ struct config;
 int server_start(const struct config *cfg, const uint8_t priv[32], char *err, size_t errlen);
 /* Stop accepting, close every connection, join the workers. */
 void server_stop(void);
+/* Free what the workers shared (the map, counters): once nothing reads them any more. */
+void server_free(void);
 struct cert_provider;
 struct rate_config;
 /* TLS mode: where connections get their certificates (acme/cert.h). Before server_start. */

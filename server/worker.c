@@ -155,12 +155,25 @@ struct worker *worker_mark_ready(struct conn *c)
 		c->on_ready = 1;
 		was_empty = w->ready == NULL;
 		c->ready_next = w->ready;
-		w->ready = c;
+		__atomic_store_n(&w->ready, c, __ATOMIC_RELAXED); /* (read unlocked as a hint) */
 	}
 	pthread_mutex_unlock(&w->ready_mu);
 	/* The owner drains its list at the end of every loop turn; only a sleeping other
 	 * worker needs the eventfd. */
 	return was_empty && w != current_worker ? w : NULL;
+}
+
+void worker_ready_unlink_locked(struct worker *w, struct conn *c)
+{
+	struct conn **pp = &w->ready;
+
+	if (!c->on_ready)
+		return;
+	while (*pp && *pp != c)
+		pp = &(*pp)->ready_next;
+	if (*pp)
+		__atomic_store_n(pp, c->ready_next, __ATOMIC_RELAXED);
+	c->on_ready = 0;
 }
 
 void worker_wake(struct worker *w)
@@ -193,7 +206,7 @@ static int ready_take(struct worker *w)
 	struct conn *rest = n ? w->drain[n - 1]->ready_next : w->ready;
 	for (int i = 0; i < n; i++)
 		w->drain[i]->on_ready = 0;
-	w->ready = rest;
+	__atomic_store_n(&w->ready, rest, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&w->ready_mu);
 	return n;
 }
