@@ -275,7 +275,7 @@ static int pause_for(struct acme_client *c, const struct resp *r)
 	if (s > 10)
 		s = 10;
 	for (int i = 0; i < s * 10; i++) {
-		if (c->stop && *c->stop)
+		if (c->stop && __atomic_load_n(c->stop, __ATOMIC_ACQUIRE))
 			return -1;
 		usleep(100000);
 	}

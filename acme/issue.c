@@ -544,7 +544,7 @@ long issue_run(struct cert_provider *p)
 
 	if (ari)
 		st->ari_checked = now;
-	for (size_t i = 0; i < p->nent && !p->stop; i++) {
+	for (size_t i = 0; i < p->nent && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); i++) {
 		struct cert_entry *e = &p->ent[i];
 		int due;
 

@@ -544,7 +544,7 @@ static void *provider_thread(void *arg)
 	struct timespec settle = { 0, 0 };
 	int pending = 0;
 
-	while (!p->stop) {
+	while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
 		struct pollfd pf[2] = { { p->wake_fd, POLLIN, 0 }, { p->inotify_fd, POLLIN, 0 } };
 		long timeout = -1;
 		char buf[4096] __attribute__((aligned(8)));
@@ -557,7 +557,7 @@ static void *provider_thread(void *arg)
 			long t = ms_until(&settle);
 			timeout = timeout < 0 || t < timeout ? (t < 0 ? 0 : t) : timeout;
 		}
-		if (p->stop)
+		if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE))
 			break;
 		if (poll(pf, p->inotify_fd >= 0 ? 2 : 1, (int)(timeout > 3600000 ? 3600000 : timeout)) < 0 &&
 		    errno != EINTR)
@@ -767,7 +767,7 @@ void cert_provider_stop(struct cert_provider *p)
 {
 	if (p == NULL)
 		return;
-	p->stop = 1;
+	__atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
 	if (p->thread_started) {
 		provider_wake(p);
 		pthread_join(p->thread, NULL);

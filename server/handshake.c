@@ -164,7 +164,7 @@ static void admission_done(void *arg, int allow)
 	a->allow = allow;
 	pthread_mutex_lock(&w->ready_mu);
 	a->next = w->admitted;
-	w->admitted = a;
+	__atomic_store_n(&w->admitted, a, __ATOMIC_RELAXED); /* (read unlocked as a hint) */
 	pthread_mutex_unlock(&w->ready_mu);
 	worker_wake(w);
 }
@@ -188,7 +188,7 @@ void handshake_admitted(struct worker *w)
 {
 	pthread_mutex_lock(&w->ready_mu);
 	struct admission_ask *list = w->admitted;
-	w->admitted = NULL;
+	__atomic_store_n(&w->admitted, NULL, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&w->ready_mu);
 	while (list) {
 		struct admission_ask *a = list;

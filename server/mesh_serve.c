@@ -422,7 +422,7 @@ int server_mesh_adopt_tls(int fd, struct WOLFSSL *ssl, const uint8_t *buf, size_
 					  relay.nworkers];
 	pthread_mutex_lock(&w->ready_mu);
 	mo->next = w->adopt;
-	w->adopt = mo;
+	__atomic_store_n(&w->adopt, mo, __ATOMIC_RELAXED); /* (read unlocked as a hint) */
 	pthread_mutex_unlock(&w->ready_mu);
 	worker_wake(w);
 	return 0;
@@ -473,7 +473,7 @@ void mesh_out_adopt_pending(struct worker *w)
 {
 	pthread_mutex_lock(&w->ready_mu);
 	struct mesh_out *list = w->adopt;
-	w->adopt = NULL;
+	__atomic_store_n(&w->adopt, NULL, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&w->ready_mu);
 	while (list) {
 		struct mesh_out *mo = list;
