@@ -38,7 +38,7 @@ E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
 FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
-.PHONY: all deps run test check check-unit check-e2e check-asan check-man \
+.PHONY: all deps run test check check-unit check-e2e check-asan check-tsan check-man \
         check-flags fuzz install clean bench
 all: derpd $(TOOLS)
 
@@ -105,6 +105,12 @@ check-asan:
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" CFLAGS="-O1 -g" \
 	  DERPD_BIN=build-asan/derpd check-unit check-e2e
 
+# The end-to-end suite against derpd built with ThreadSanitizer, into build-tsan/ (CI runs
+# it after make test; the workers, the HTTP threads and connection moves share memory).
+check-tsan:
+	@$(MAKE) --no-print-directory BUILD=build-tsan EXTRA_CFLAGS="-fsanitize=thread" \
+	  EXTRA_LDFLAGS="-fsanitize=thread" CFLAGS="-O1 -g" DERPD_BIN=build-tsan/derpd check-e2e
+
 check-man:
 	@out=$$(mandoc -T lint -W warning man/*.[0-9] 2>&1); \
 	 if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; echo "man pages: mandoc lint clean"
@@ -145,4 +151,4 @@ bench: all
 	@sh scripts/bench.sh $(BUILD)
 
 clean:
-	rm -rf build build-asan derpd
+	rm -rf build build-asan build-tsan derpd

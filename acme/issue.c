@@ -236,7 +236,8 @@ struct cert_entry *issue_entry_locked(struct cert_provider *p, const char *name,
 	snprintf(e->name, sizeof e->name, "%s", name);
 	e->is_ip = is_ip;
 	e->want = 1;
-	p->nent++;
+	/* Published last: issue_run walks the entries without the lock (names never change). */
+	__atomic_store_n(&p->nent, p->nent + 1, __ATOMIC_RELEASE);
 	return e;
 }
 
@@ -544,7 +545,8 @@ long issue_run(struct cert_provider *p)
 
 	if (ari)
 		st->ari_checked = now;
-	for (size_t i = 0; i < p->nent && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); i++) {
+	for (size_t i = 0; i < __atomic_load_n(&p->nent, __ATOMIC_ACQUIRE) &&
+			   !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); i++) {
 		struct cert_entry *e = &p->ent[i];
 		int due;
 

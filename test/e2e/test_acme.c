@@ -68,7 +68,7 @@ static int free_port(void)
 static void *http_main(void *arg)
 {
 	(void)arg;
-	while (!stopping) {
+	while (!__atomic_load_n(&stopping, __ATOMIC_ACQUIRE)) {
 		char req[2048], path[1024], body[1024], out[1400];
 		int c = accept(http_fd, NULL, NULL), n, len;
 		if (c < 0)
@@ -97,7 +97,7 @@ static void *http_main(void *arg)
 static void *tls_main(void *arg)
 {
 	(void)arg;
-	while (!stopping) {
+	while (!__atomic_load_n(&stopping, __ATOMIC_ACQUIRE)) {
 		int c = accept(tls_fd, NULL, NULL);
 		struct timeval tv = { 5, 0 };
 		WOLFSSL *ssl;
@@ -265,7 +265,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	(void)state;
-	stopping = 1;
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
 	if (pebble_pid > 0)
 		kill(pebble_pid, SIGTERM), waitpid(pebble_pid, NULL, 0);
 	if (pebble_eab_pid > 0)

@@ -122,7 +122,7 @@ static void *fk_conn_main(void *p)
 		struct pollfd pf = { .fd = c->fd, .events = POLLIN };
 		int64_t until = harness_now_ms() + 20000;
 		char b[64];
-		while (!stop_fakes && harness_now_ms() < until)
+		while (!__atomic_load_n(&stop_fakes, __ATOMIC_ACQUIRE) && harness_now_ms() < until)
 			if (poll(&pf, 1, 50) > 0 && recv(c->fd, b, sizeof b, 0) <= 0)
 				break;
 	} else if (c->is_ts) {
@@ -146,7 +146,7 @@ static uint16_t hook_port;
 static void *fk_accept_main(void *p)
 {
 	struct fake *f = p;
-	while (!stop_fakes) {
+	while (!__atomic_load_n(&stop_fakes, __ATOMIC_ACQUIRE)) {
 		struct pollfd pf = { .fd = f->lfd, .events = POLLIN };
 		if (poll(&pf, 1, 50) <= 0)
 			continue;
@@ -199,7 +199,7 @@ static int group_teardown(void **state)
 {
 	char cmd[128];
 	(void)state;
-	stop_fakes = 1;
+	__atomic_store_n(&stop_fakes, 1, __ATOMIC_RELEASE);
 	pthread_join(ts_fake.th, NULL);
 	pthread_join(hook_fake.th, NULL);
 	close(ts_fake.lfd);

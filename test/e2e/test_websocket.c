@@ -422,7 +422,7 @@ static void *page_main(void *arg)
 {
 	struct page_server *ps = arg;
 
-	while (!ps->stop) {
+	while (!__atomic_load_n(&ps->stop, __ATOMIC_ACQUIRE)) {
 		struct pollfd p = { .fd = ps->lfd, .events = POLLIN };
 		if (poll(&p, 1, 50) <= 0)
 			continue;
@@ -655,7 +655,7 @@ static void test_chromium(void **state)
 	}
 	kill(-pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	ps.stop = 1;
+	__atomic_store_n(&ps.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(ps.th, NULL);
 	close(ps.lfd);
 	free(ps.html);

@@ -185,7 +185,7 @@ __attribute__((unused)) static void *dnsd_main(void *arg)
 		struct sockaddr_storage from;
 		socklen_t fl = sizeof from;
 		ssize_t n = recvfrom(dnsd.fd, q, sizeof q, 0, (struct sockaddr *)&from, &fl);
-		if (dnsd.stop || (n < 0 && errno != EINTR))
+		if (__atomic_load_n(&dnsd.stop, __ATOMIC_ACQUIRE) || (n < 0 && errno != EINTR))
 			return NULL; /* shut down: recvfrom returns at once from now on */
 		if (n <= 0)
 			continue;
@@ -211,7 +211,7 @@ __attribute__((unused)) static void dnsd_stop(void)
 {
 	if (dnsd.fd < 0)
 		return;
-	dnsd.stop = 1;
+	__atomic_store_n(&dnsd.stop, 1, __ATOMIC_RELEASE);
 	shutdown(dnsd.fd, SHUT_RDWR);
 	pthread_join(dnsd.th, NULL);
 	close(dnsd.fd);
