@@ -93,11 +93,7 @@ static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *
 		free(c);
 		return NULL;
 	}
-	c->next = w->conns;
-	if (w->conns)
-		w->conns->prev = c;
-	w->conns = c;
-	__atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
+	worker_conn_link(w, c);
 	c->deadline_ms = c->created_ms + HTTP_HEAD_TIMEOUT_MS;
 	if (client_ssl) {
 		c->ssl = client_ssl;
@@ -299,14 +295,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	}
 	/* Move from the live list to the grave; freed once this loop turn is over, or when
 	 * its pending admission answer arrives (the answer still points at it). */
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		w->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = NULL;
-	__atomic_sub_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
+	worker_conn_unlink(w, c);
 	if (c->admitting) {
 		c->admitting = 2;
 		return;

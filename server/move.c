@@ -93,14 +93,7 @@ static void move_one(struct worker *w, struct conn *c, struct worker *to)
 	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	worker_timer_del(c);
 	worker_read_forget(c);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		w->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->next = c->prev = NULL;
-	__atomic_sub_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
+	worker_conn_unlink(w, c);
 	/* Step 2. (Were c not in the map, no other thread could reach it: switch directly.) */
 	client_map_each_of(relay.map, c->key, switch_owner, &a);
 	if (!c->moving)
@@ -141,11 +134,7 @@ void worker_moves_in(struct worker *w)
 		struct conn *c = list;
 		list = c->move_next;
 		c->moving = 0;
-		c->next = w->conns;
-		if (w->conns)
-			w->conns->prev = c;
-		w->conns = c;
-		__atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
+		worker_conn_link(w, c);
 		STAT_ADD(&w->stats, conn_moves, 1);
 		c->move_ms = w->loop_ms + MOVE_EVERY_MS + random() % MOVE_JITTER_MS;
 		ev.data.ptr = c;

@@ -265,6 +265,9 @@ void worker_wake(struct worker *w);
 /* Take c off w's ready list (if it is on it); the caller holds w->ready_mu. */
 void worker_ready_unlink_locked(struct worker *w, struct conn *c);
 void worker_timer_set(struct conn *c, int64_t at_ms);
+/* Add c to / take it off w's list of connections (w->conns, w->nconns). Owner only. */
+void worker_conn_link(struct worker *w, struct conn *c);
+void worker_conn_unlink(struct worker *w, struct conn *c);
 /* c has more to read than one turn's share: read it in a later turn, in arrival order.
  * conn_on_readable() takes it off that list again. Owner worker only. */
 void worker_read_later(struct conn *c);

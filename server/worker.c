@@ -105,6 +105,30 @@ static void wheel_run(struct worker *w, int64_t now)
 	}
 }
 
+/* ---- the worker's list of its connections ---- */
+
+void worker_conn_link(struct worker *w, struct conn *c)
+{
+	c->prev = NULL;
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	__atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
+}
+
+void worker_conn_unlink(struct worker *w, struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->next = c->prev = NULL;
+	__atomic_sub_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
+}
+
 /* ---- rate-limit waits: few connections at a time, resumed on time ---- */
 
 void worker_rate_wait(struct conn *c)
