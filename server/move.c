@@ -43,13 +43,14 @@ void conn_move_note(struct conn *src, struct worker *dst_w)
 }
 
 /* Only client connections in steady state, with nothing half done that is kept
- * by this worker: mesh links, watchers, rate-limit waits, held packets and partial
- * output stay where they are (a later streak tries again). */
+ * by this worker: mesh links, watchers, rate-limit waits, held or paused senders (a
+ * pause always names the worker it waits on: pause_w) and partial output stay where
+ * they are (a later streak tries again). */
 static int movable(const struct conn *c)
 {
 	return c->state == CS_RUNNING && c->registered && !c->is_mesh && !c->is_watcher &&
 	       !c->outbound && !c->mesh && !c->bridge && !c->admitting && !c->rate_resume_ms &&
-	       !c->held.c && !c->paused && !c->pause_w && !c->peer_shut && !c->out && !c->llen &&
+	       !c->held.c && !c->pause_w && !c->peer_shut && !c->out && !c->llen &&
 	       !c->pong_pending && !c->tls_wbuf && !(c->ws && ws_pending(c)) &&
 	       !__atomic_load_n(&c->close_req, __ATOMIC_ACQUIRE);
 }

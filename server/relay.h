@@ -313,9 +313,8 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 int relay_retry_held(struct conn *src);
 /* Deliver p (read on src) to dst's active local connection. Returns the lookup result;
  * on CM_FOUND *dst_id is the receiving connection's id and *dst_w (if asked) its worker
- * then. With held non-NULL, a packet that
- * finds the queue of a receiver on another worker full is not pushed: *held is set and
- * src pauses (the caller keeps the packet). */
+ * then. With held non-NULL, a packet that finds the queue of a receiver on another
+ * worker full is not pushed: *held is set and src pauses (the caller keeps the packet). */
 enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const struct pkt *p,
 			     int disco, uint64_t *dst_id, struct worker **dst_w, int *held);
 /* PeerGone(NotHere) to c, rate limited (PROTOCOL.md §7.3). */
