@@ -39,7 +39,7 @@ FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
 .PHONY: all deps run test check check-unit check-e2e check-asan check-tsan check-man \
-        check-flags fuzz install clean bench
+        check-flags fuzz install clean bench interop
 all: derpd $(TOOLS)
 
 deps:
@@ -87,6 +87,7 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory interop
 	@$(MAKE) --no-print-directory check-asan
 
 check: all $(UNIT) $(E2E) check-man check-flags
@@ -110,6 +111,12 @@ check-asan:
 check-tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan EXTRA_CFLAGS="-fsanitize=thread" \
 	  EXTRA_LDFLAGS="-fsanitize=thread" CFLAGS="-O1 -g" DERPD_BIN=build-tsan/derpd check-e2e
+
+# Tailscale's own code (tailscale.com pinned in test/interop/go.mod) against this derpd:
+# upstream's DERP client, derper, derpprobe, netcheck, two tsnet nodes. Skipped with one
+# line when Go is missing or too old, unless INTEROP_REQUIRE=1. INTEROP_FLAGS: e.g. -run x -v.
+interop: $(BUILD)/derpd
+	@sh test/interop/run.sh $(BUILD) $(INTEROP_FLAGS)
 
 check-man:
 	@out=$$(mandoc -T lint -W warning man/*.[0-9] 2>&1); \
