@@ -16,7 +16,7 @@ struct WOLFSSL;
 /* ---- options (main.c) ------------------------------------------------------------ */
 
 struct bench_options {
-	const char *server, *derpd, *nginx, *raw, *label;
+	const char *server, *derpd, *derper, *nginx, *raw, *label;
 	const char *derpd_args[32];
 	int n_derpd_args;
 	int pid, upstream_port, relay_workers;
@@ -64,7 +64,7 @@ int bound_port(int fd);
 /* ---- the server under test (servers.c) ------------------------------------------- */
 
 struct target {
-	const char *kind;          /* "derpd", "nginx", "relay" */
+	const char *kind;          /* "derpd", "derper", "nginx", "relay" */
 	int raw;                   /* bytes forwarded as they are: no DERP */
 	struct sockaddr_in addr;   /* where clients connect */
 	char hostport[64];
@@ -76,7 +76,7 @@ struct target {
 void parse_hostport(const char *s, struct sockaddr_in *a);
 void set_hostport(struct target *t);
 void start_derpd(struct target *t, const char *path, const char *const *args, int nargs,
-		 int tls);
+		 int tls, int upstream);
 void start_nginx(struct target *t, const char *path, int workers);
 void stop_target(struct target *t);
 

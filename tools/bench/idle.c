@@ -45,7 +45,7 @@ void idle_run(struct target *tg, long fdlim)
 	long n = opt.idle;
 
 	if (tg->raw)
-		die("--idle needs a DERP server (--derpd or -s)");
+		die("--idle needs a DERP server (--derpd, --derper or -s)");
 	long srv_lim = tg->pid ? proc_fd_limit(tg->pid) : -1;
 	long srv_open = tg->pid ? proc_fd_count(tg->pid) : -1;
 	if (srv_lim > 0 && srv_open >= 0) {
@@ -59,7 +59,7 @@ void idle_run(struct target *tg, long fdlim)
 			n = room;
 		}
 	} else if (opt.idle_max) {
-		die("--idle max needs the server's pid (--derpd, or -s with --pid)");
+		die("--idle max needs the server's pid (--derpd, --derper, or -s with --pid)");
 	}
 	if (n < 1)
 		die("no connections to open");

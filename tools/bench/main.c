@@ -61,11 +61,12 @@ static void wait_quiet(double max_s)
 static void usage(FILE *f, int status)
 {
 	fprintf(f,
-		"usage: derpd-bench (--derpd PATH | -s HOST:PORT [--pid PID] | --nginx [PATH] |\n"
-		"                    --raw HOST:PORT --upstream-port Q) [options]\n"
+		"usage: derpd-bench (--derpd PATH | --derper PATH | -s HOST:PORT [--pid PID] |\n"
+		"                    --nginx [PATH] | --raw HOST:PORT --upstream-port Q) [options]\n"
 		"server (one of):\n"
 		"  --derpd PATH        start PATH -a 127.0.0.1:0 -c <tmp>/k.json -stun=false\n"
-		"  --derpd-arg ARG     one more argument for that derpd (repeatable)\n"
+		"  --derpd-arg ARG     one more argument for that derpd or derper (repeatable)\n"
+		"  --derper PATH       upstream's derper, started with derpd's flags on a free port\n"
 		"  -s, --server H:P    a derpd already running (plain HTTP)\n"
 		"  --pid PID           its pid, for CPU and RSS from /proc\n"
 		"  --nginx[=PATH]      the reference: start nginx forwarding raw TCP\n"
@@ -89,7 +90,7 @@ static void usage(FILE *f, int status)
 		"both:\n"
 		"  --login-threads N   concurrent logins (default 8)\n"
 		"  --src-addrs N       loopback source addresses 127.0.0.2.. (default 8, 0 = kernel)\n"
-		"  --tls               DERP over TLS (--derpd: self-signed certificate)\n"
+		"  --tls               DERP over TLS (--derpd, --derper: self-signed certificate)\n"
 		"  --wait-quiet S      first wait up to S s for the machine to be under 25 %% busy\n"
 		"  --label TEXT        copied into the JSON line\n"
 		"  -q, --quiet         only the JSON line\n"
@@ -112,10 +113,11 @@ static double num(const char *s, const char *what, double lo, double hi)
 
 int main(int argc, char **argv)
 {
-	enum { O_PID = 256, O_DERPD, O_DERPD_ARG, O_NGINX, O_RAW, O_UP, O_RW, O_RING, O_DRAIN,
+	enum { O_PID = 256, O_DERPD, O_DERPER, O_DERPD_ARG, O_NGINX, O_RAW, O_UP, O_RW, O_RING, O_DRAIN,
 	       O_PACE, O_IDLE, O_PROCS, O_SETTLE, O_LT, O_SRC, O_TLS, O_LABEL, O_PROG, O_NOPROG, O_QUIET };
 	static const struct option lo[] = {
 		{ "server", 1, 0, 's' }, { "pid", 1, 0, O_PID }, { "derpd", 1, 0, O_DERPD },
+		{ "derper", 1, 0, O_DERPER },
 		{ "derpd-arg", 1, 0, O_DERPD_ARG }, { "nginx", 2, 0, O_NGINX },
 		{ "raw", 1, 0, O_RAW }, { "upstream-port", 1, 0, O_UP },
 		{ "relay-workers", 1, 0, O_RW }, { "pairs", 1, 0, 'p' }, { "ring", 1, 0, O_RING },
@@ -135,6 +137,7 @@ int main(int argc, char **argv)
 		case 's': opt.server = optarg; break;
 		case O_PID: opt.pid = (int)num(optarg, "--pid", 1, 1 << 30); break;
 		case O_DERPD: opt.derpd = optarg; break;
+		case O_DERPER: opt.derper = optarg; break;
 		case O_DERPD_ARG:
 			if (opt.n_derpd_args >= 32)
 				die("too many --derpd-arg");
@@ -175,8 +178,8 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		usage(stderr, 2);
-	if (!!opt.server + !!opt.derpd + !!opt.nginx + !!opt.raw != 1) {
-		fprintf(stderr, "derpd-bench: give exactly one of --derpd, -s, --nginx, --raw\n");
+	if (!!opt.server + !!opt.derpd + !!opt.derper + !!opt.nginx + !!opt.raw != 1) {
+		fprintf(stderr, "derpd-bench: give exactly one of --derpd, --derper, -s, --nginx, --raw\n");
 		usage(stderr, 2);
 	}
 	if (opt.tls && (opt.nginx || opt.raw))
@@ -206,7 +209,10 @@ int main(int argc, char **argv)
 
 	struct target tg = { .kind = "derpd", .upfd = -1 };
 	if (opt.derpd) {
-		start_derpd(&tg, opt.derpd, opt.derpd_args, opt.n_derpd_args, opt.tls);
+		start_derpd(&tg, opt.derpd, opt.derpd_args, opt.n_derpd_args, opt.tls, 0);
+	} else if (opt.derper) {
+		tg.kind = "derper";
+		start_derpd(&tg, opt.derper, opt.derpd_args, opt.n_derpd_args, opt.tls, 1);
 	} else if (opt.server) {
 		parse_hostport(opt.server, &tg.addr);
 		set_hostport(&tg);

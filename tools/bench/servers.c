@@ -1,5 +1,5 @@
-/* derpd-bench's servers under test: a derpd it starts, one already running, nginx's
- * stream proxy as the reference relay, or any raw TCP relay. */
+/* derpd-bench's servers under test: a derpd it starts, one already running, upstream's
+ * derper, nginx's stream proxy as the reference relay, or any raw TCP relay. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -38,23 +38,41 @@ void set_hostport(struct target *t)
 	snprintf(t->hostport, sizeof t->hostport, "%s:%d", ip, ntohs(t->addr.sin_port));
 }
 
-/* ./derpd -a 127.0.0.1:0 -c <tmp>/k.json -stun=false; port from its "serving on" line. */
-/* tls: -certmode manual -hostname 127.0.0.1: a self-signed certificate for the address,
- * made in <tmp>/certs. */
-void start_derpd(struct target *t, const char *path, const char *const *args, int nargs,
-		 int tls)
+/* Connected to t->addr: the server accepts. */
+static int accepts(const struct target *t)
 {
-	char keyf[128], log[128], line[512], certdir[128];
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int ok = fd >= 0 && connect(fd, (const struct sockaddr *)&t->addr, sizeof t->addr) == 0;
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* ./derpd -a 127.0.0.1:0 -c <tmp>/k.json -stun=false; port from its "serving on" line.
+ * upstream (derper): the same flags, but a port chosen here (derper logs the address as
+ * given, before it listens), ready once it accepts.
+ * tls: -certmode manual -hostname 127.0.0.1: both make a self-signed certificate for the
+ * address in <tmp>/certs. */
+void start_derpd(struct target *t, const char *path, const char *const *args, int nargs,
+		 int tls, int upstream)
+{
+	char keyf[128], log[128], line[512], certdir[128], listen[32] = "127.0.0.1:0";
 	char *argv[48];
 	int n = 0;
 
-	make_tmpdir(t->dir, "derpd");
+	make_tmpdir(t->dir, upstream ? "derper" : "derpd");
 	snprintf(keyf, sizeof keyf, "%s/k.json", t->dir);
-	snprintf(log, sizeof log, "%s/derpd.log", t->dir);
+	snprintf(log, sizeof log, "%s/server.log", t->dir);
 	snprintf(certdir, sizeof certdir, "%s/certs", t->dir);
+	if (upstream) {
+		int probe = listen_loopback(1); /* a free port; closed just before */
+		snprintf(listen, sizeof listen, "127.0.0.1:%d", bound_port(probe));
+		close(probe);
+	}
 	argv[n++] = (char *)path;
 	argv[n++] = "-a";
-	argv[n++] = "127.0.0.1:0";
+	argv[n++] = listen;
 	argv[n++] = "-c";
 	argv[n++] = keyf;
 	argv[n++] = "-stun=false";
@@ -71,9 +89,15 @@ void start_derpd(struct target *t, const char *path, const char *const *args, in
 		argv[n++] = (char *)args[i];
 	argv[n] = NULL;
 	t->pid = spawned[0] = spawn(argv, log);
+	if (upstream) {
+		parse_hostport(listen, &t->addr);
+		set_hostport(t);
+	}
 	for (int64_t end = now_ns() + 10000000000LL; now_ns() < end; usleep(10000)) {
+		if (upstream && accepts(t))
+			return;
 		FILE *f = fopen(log, "re");
-		while (f && fgets(line, sizeof line, f)) {
+		while (!upstream && f && fgets(line, sizeof line, f)) {
 			char *p = strstr(line, "serving on ");
 			if (p) {
 				p[strcspn(p, "\r\n")] = 0;
@@ -92,7 +116,7 @@ void start_derpd(struct target *t, const char *path, const char *const *args, in
 		}
 	}
 	print_tail(log);
-	die("%s: no \"serving on\" line within 10 s", path);
+	die("%s: not serving within 10 s", path);
 }
 
 /* nginx stream { server { listen P reuseport; proxy_pass 127.0.0.1:Q; } }, not a daemon,
