@@ -206,11 +206,25 @@ int keyfile_load_or_create(const char *path, uint8_t priv[32], char *err, size_t
 
 	if (path == NULL || path[0] == '\0')
 		return fail(err, errlen, "empty key file path");
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, with
+	 * SIGTERM blocked for sigwait; anything but a regular file is refused below. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0 && errno == ENOENT)
 		return keyfile_create(path, priv, err, errlen);
 	if (fd < 0)
 		return fail(err, errlen, "%s: %s", path, strerror(errno));
+	struct stat st;
+	rc = 0;
+	if (fstat(fd, &st) != 0)
+		rc = fail(err, errlen, "%s: %s", path, strerror(errno));
+	else if (!S_ISREG(st.st_mode))
+		rc = fail(err, errlen, "%s: not a regular file (%s)", path,
+			  S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+			  : S_ISSOCK(st.st_mode) ? "a socket" : "a device");
+	if (rc != 0) {
+		close(fd);
+		return rc;
+	}
 	buf = malloc(KEYFILE_MAX + 1);
 	if (buf == NULL) {
 		close(fd);

@@ -279,8 +279,16 @@ static void test_read_errors(void **state)
 	snprintf(path, sizeof path, "%s/keydir", dir);
 	assert_int_equal(mkdir(path, 0700), 0);
 	assert_int_equal(keyfile_load_or_create(path, priv, err, sizeof err), -1);
-	assert_non_null(strstr(err, "Is a directory"));
+	assert_non_null(strstr(err, "not a regular file (a directory)"));
 	assert_non_null(strstr(err, path));
+	/* A FIFO: refused at once, not an open() waiting for a writer forever. */
+	snprintf(path, sizeof path, "%s/key.fifo", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	assert_int_equal(keyfile_load_or_create(path, priv, err, sizeof err), -1);
+	assert_non_null(strstr(err, "not a regular file (a FIFO)"));
+	/* A character device. */
+	assert_int_equal(keyfile_load_or_create("/dev/null", priv, err, sizeof err), -1);
+	assert_non_null(strstr(err, "not a regular file (a device)"));
 	/* A path through a regular file: not "missing", so nothing is created. */
 	snprintf(file, sizeof file, "%s/plain", dir);
 	write_file(file, "x", 1);
