@@ -140,6 +140,7 @@ type ServerOpts struct {
 	Args     []string // more flags
 	Dir      string   // reuse a directory (and so the key file) of an earlier server
 	Upstream bool     // start upstream derper instead of derpd
+	Env      []string // more environment variables (NAME=value) for the process
 }
 
 // Server is a running derpd or derper on 127.0.0.1.
@@ -246,7 +247,7 @@ func (s *Server) start() {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = s.Dir
-	cmd.Env = append(os.Environ(), "HOME="+s.Dir)
+	cmd.Env = append(append(os.Environ(), "HOME="+s.Dir), s.Opts.Env...)
 	c.Logf("start %s %s", bin, strings.Join(args, " "))
 	c.Check(cmd.Start(), "start "+s.Name)
 	s.cmd = cmd
@@ -432,4 +433,3 @@ func tail(p string, n int) string {
 	}
 	return strings.Join(lines, " | ")
 }
-
