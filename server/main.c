@@ -1,10 +1,12 @@
 /* derpd: start-up, signals, shutdown. The work happens in server/ (relay workers) and
  * stun/ (STUN thread); main only wires them together and waits for a signal. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "acme/cert.h"
 #include "mesh/mesh.h"
@@ -51,6 +53,22 @@ static int load_rate_config(const struct config *cfg)
 	return 0;
 }
 
+/* Started with any of stdin, stdout or stderr closed, the next socket or eventfd would take
+ * that number and log lines would be written into it: hold 0-2 with /dev/null first, as
+ * Go's runtime does for derper. */
+static void stdio_hold(void)
+{
+	for (int fd = 0; fd <= 2; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		int nul = open("/dev/null", O_RDWR);
+		if (nul >= 0 && nul != fd) { /* cannot happen: open takes the lowest free fd */
+			dup2(nul, fd);
+			close(nul);
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg;
@@ -61,6 +79,7 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 	int sig, rc;
 
+	stdio_hold();
 	if ((rc = config_parse(&cfg, argc, argv)) != 0)
 		return rc;
 	log_verbose = cfg.verbose;

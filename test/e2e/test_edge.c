@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "server/frame.h"
@@ -354,6 +355,59 @@ static void test_emfile(void **state)
 	harness_stop(s);
 }
 
+/* derpd started with stdin, stdout and stderr closed: 0-2 are held by /dev/null, so no
+ * socket or eventfd takes them (log lines would be written into it), and it serves. */
+static void test_stdio_closed(void **state)
+{
+	(void)state;
+	struct harness_server s = { .pid = 0 };
+	char key[160], addr[32], link[64], target[128];
+	int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof sa;
+
+	/* a free port, released just before derpd binds it: derpd cannot log it to us */
+	assert_int_equal(bind(probe, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(getsockname(probe, (struct sockaddr *)&sa, &len), 0);
+	s.port = ntohs(sa.sin_port);
+	close(probe);
+	snprintf(s.dir, sizeof s.dir, "/tmp/derpd-e2e-XXXXXX");
+	assert_non_null(mkdtemp(s.dir));
+	snprintf(key, sizeof key, "%s/derper.key", s.dir);
+	snprintf(addr, sizeof addr, "127.0.0.1:%u", s.port);
+	const char *bin = getenv("DERPD_BIN") ? getenv("DERPD_BIN") : "./derpd";
+	s.pid = fork();
+	assert_true(s.pid >= 0);
+	if (s.pid == 0) {
+		close(0);
+		close(1);
+		close(2);
+		execl(bin, bin, "-a", addr, "-c", key, "-stun=false", (char *)NULL);
+		_exit(127);
+	}
+	char resp[4096];
+	int status = -1;
+	for (int64_t end = harness_now_ms() + 10000; harness_now_ms() < end; poll(NULL, 0, 20))
+		if ((status = harness_http(&s, "GET /derp/probe HTTP/1.1\r\nHost: x\r\n"
+					     "Connection: close\r\n\r\n", resp, sizeof resp)) == 200)
+			break;
+	assert_int_equal(status, 200);
+	for (int fd = 0; fd <= 2; fd++) {
+		snprintf(link, sizeof link, "/proc/%d/fd/%d", (int)s.pid, fd);
+		ssize_t n = readlink(link, target, sizeof target - 1);
+		assert_true(n > 0);
+		target[n] = 0;
+		if (strcmp(target, "/dev/null") != 0)
+			fail_msg("derpd's fd %d is %s, not /dev/null", fd, target);
+	}
+	kill(s.pid, SIGTERM);
+	int st;
+	assert_int_equal(waitpid(s.pid, &st, 0), s.pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	unlink(key);
+	rmdir(s.dir);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -363,6 +417,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_slowloris_handshake, harness_setup,
 						harness_teardown),
 		cmocka_unit_test(test_emfile),
+		cmocka_unit_test(test_stdio_closed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
