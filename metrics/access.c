@@ -10,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_CIDRS 64
-
 struct cidr {
 	int family;      /* AF_INET or AF_INET6 */
 	uint8_t addr[16];
@@ -20,7 +18,7 @@ struct cidr {
 
 static char allow_ip[INET6_ADDRSTRLEN + 1]; /* TS_ALLOW_DEBUG_IP */
 static char key_path[4096];                 /* TS_DEBUG_KEY_PATH */
-static struct cidr cidrs[MAX_CIDRS];
+static struct cidr *cidrs; /* TS_DEBUG_TRUSTED_CIDRS: as many as given, as in derper */
 static int ncidrs;
 
 /* The 4 or 16 address bytes of sa, IPv4-mapped IPv6 reduced to IPv4. */
@@ -127,6 +125,8 @@ int debug_access_init(char *err, size_t errlen)
 	v = getenv("TS_DEBUG_KEY_PATH");
 	snprintf(key_path, sizeof key_path, "%s", v ? v : "");
 	ncidrs = 0;
+	free(cidrs);
+	cidrs = NULL;
 	v = getenv("TS_DEBUG_TRUSTED_CIDRS");
 	if (v == NULL || v[0] == '\0')
 		return 0;
@@ -139,7 +139,16 @@ int debug_access_init(char *err, size_t errlen)
 		char *e = tok + strlen(tok);
 		while (e > tok && isspace((unsigned char)e[-1]))
 			*--e = '\0';
-		if (ncidrs == MAX_CIDRS || parse_cidr(tok, &cidrs[ncidrs]) != 0) {
+		if (*tok == '\0') /* "a, ,b": derper skips empty entries */
+			continue;
+		struct cidr *grown = realloc(cidrs, (size_t)(ncidrs + 1) * sizeof *cidrs);
+		if (grown == NULL) {
+			snprintf(err, errlen, "TS_DEBUG_TRUSTED_CIDRS: out of memory");
+			free(list);
+			return -1;
+		}
+		cidrs = grown;
+		if (parse_cidr(tok, &cidrs[ncidrs]) != 0) {
 			snprintf(err, errlen, "TS_DEBUG_TRUSTED_CIDRS: invalid CIDR \"%s\"", tok);
 			free(list);
 			return -1;

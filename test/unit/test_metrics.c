@@ -121,6 +121,17 @@ static void test_debug_access_env(void **state)
 	assert_non_null(strstr(err, "nonsense"));
 	setenv("TS_DEBUG_TRUSTED_CIDRS", "10.0.0.0/33", 1);
 	assert_int_equal(debug_access_init(err, sizeof err), -1);
+	/* As many entries as given (derper has no limit; 64 was fatal here), empty ones skipped */
+	static char many[200 * 20];
+	size_t n = 0;
+	for (int i = 0; i < 200; i++)
+		n += (size_t)snprintf(many + n, sizeof many - n, "%s10.%d.%d.0/24", i ? "," : "",
+				      i / 100, i % 100);
+	snprintf(many + n, sizeof many - n, ", ,");
+	setenv("TS_DEBUG_TRUSTED_CIDRS", many, 1);
+	assert_int_equal(debug_access_init(err, sizeof err), 0);
+	assert_true(allowed("10.1.99.7"));
+	assert_false(allowed("10.2.0.1"));
 	unsetenv("TS_ALLOW_DEBUG_IP");
 	unsetenv("TS_DEBUG_TRUSTED_CIDRS");
 	unsetenv("TS_DEBUG_KEY_PATH");
