@@ -211,6 +211,43 @@ size_t ws_build_close(uint8_t out[2 + 123], uint16_t status, const char *reason)
 	return 2 + rl;
 }
 
+/* Well-formed UTF-8 (RFC 3629): no overlong forms, surrogates or code points past
+ * U+10FFFF. */
+static int utf8_valid(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		uint8_t c = p[i];
+		size_t more;
+		uint32_t cp;
+		if (c < 0x80) {
+			i++;
+			continue;
+		} else if (c >= 0xc2 && c <= 0xdf) {
+			more = 1, cp = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			more = 2, cp = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			more = 3, cp = c & 0x07;
+		} else {
+			return 0;
+		}
+		if (n - i <= more)
+			return 0;
+		for (size_t k = 1; k <= more; k++) {
+			if ((p[i + k] & 0xc0) != 0x80)
+				return 0;
+			cp = cp << 6 | (p[i + k] & 0x3f);
+		}
+		if ((more == 2 && cp < 0x800) || (more == 3 && cp < 0x10000) || cp > 0x10ffff ||
+		    (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+		i += more + 1;
+	}
+	return 1;
+}
+
 int ws_parse_close(const uint8_t *p, size_t len, uint16_t *status)
 {
 	uint16_t s;
@@ -224,6 +261,8 @@ int ws_parse_close(const uint8_t *p, size_t len, uint16_t *status)
 	s = (uint16_t)(p[0] << 8 | p[1]);
 	if (!((s >= 1000 && s <= 1014 && (s < 1004 || s > 1006)) || (s >= 3000 && s <= 4999)))
 		return -1;
+	if (!utf8_valid(p + 2, len - 2))
+		return -2;
 	*status = s;
 	return 0;
 }
@@ -278,7 +317,10 @@ static int dec_end_frame(struct ws_decoder *d)
 	d->in_frame = 0;
 	if (d->f.opcode & 0x8) {
 		uint16_t st;
-		if (d->f.opcode == WS_OP_CLOSE && ws_parse_close(d->ctl, d->ctl_len, &st) != 0)
+		int r = d->f.opcode == WS_OP_CLOSE ? ws_parse_close(d->ctl, d->ctl_len, &st) : 0;
+		if (r == -2)
+			return dec_fail(d, WS_CLOSE_INVALID_DATA, "close reason is not UTF-8");
+		if (r != 0)
 			return dec_fail(d, WS_CLOSE_PROTOCOL, "invalid close payload");
 		return WS_DEC_CONTROL;
 	}

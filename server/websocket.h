@@ -21,7 +21,8 @@ enum ws_opcode {
 
 enum ws_status {
 	WS_CLOSE_NORMAL = 1000, WS_CLOSE_GOING_AWAY = 1001, WS_CLOSE_PROTOCOL = 1002,
-	WS_CLOSE_UNSUPPORTED = 1003, WS_CLOSE_NO_STATUS = 1005, WS_CLOSE_POLICY = 1008,
+	WS_CLOSE_UNSUPPORTED = 1003, WS_CLOSE_NO_STATUS = 1005, WS_CLOSE_INVALID_DATA = 1007,
+	WS_CLOSE_POLICY = 1008,
 	WS_CLOSE_TOO_BIG = 1009, WS_CLOSE_INTERNAL = 1011,
 };
 
@@ -54,8 +55,9 @@ size_t ws_build_masked_header(uint8_t out[14], uint8_t opcode, int fin, uint64_t
  * boundary. status 0 = empty payload. Returns its length. */
 size_t ws_build_close(uint8_t out[2 + 123], uint16_t status, const char *reason);
 /* A received close payload is acceptable (upstream's rules: empty, or a 2-byte status that
- * is 1000-1014 except 1004-1006, or 3000-4999, then any reason). *status = 1005 when empty.
- * 0 or -1. */
+ * is 1000-1014 except 1004-1006, or 3000-4999, then a reason that is valid UTF-8, as
+ * RFC 6455 7.1.6 requires). *status = 1005 when empty. 0, -1 (bad status or length), or
+ * -2 (the reason is not UTF-8: answered with 1007). */
 int ws_parse_close(const uint8_t *p, size_t len, uint16_t *status);
 
 /* ---- stream decoder: client wire bytes -> DERP byte stream ---- */

@@ -276,6 +276,19 @@ static void test_close_payloads(void **state)
 		if (codes[i].ok)
 			assert_int_equal(st, codes[i].code);
 	}
+	/* the reason must be UTF-8 (RFC 6455 7.1.6) */
+	static const struct { const char *reason; int ok; } reasons[] = {
+		{ "bye", 1 }, { "gr\xc3\xbc\xc3\x9f", 1 }, { "\xe2\x82\xac", 1 },
+		{ "\xf0\x9f\x92\xac", 1 }, { "\xff", 0 }, { "\xc3", 0 }, { "\xc0\xaf", 0 },
+		{ "\xe0\x80\xaf", 0 }, { "\xed\xa0\x80", 0 }, { "\xf4\x90\x80\x80", 0 },
+		{ "\x80", 0 }, { "ok\xe2\x82", 0 },
+	};
+	for (size_t i = 0; i < sizeof reasons / sizeof *reasons; i++) {
+		uint8_t b[16] = { 0x03, 0xe8 };
+		size_t rl = strlen(reasons[i].reason);
+		memcpy(b + 2, reasons[i].reason, rl);
+		assert_int_equal(ws_parse_close(b, 2 + rl, &st), reasons[i].ok ? 0 : -2);
+	}
 }
 
 /* ---- stream decoder ---- */
@@ -457,6 +470,11 @@ static void test_decode_errors(void **state)
 		assert_int_equal(decode_all(wire, n, WS_READ_LIMIT, &st, &out), WS_DEC_ERROR);
 		assert_int_equal(st, WS_CLOSE_PROTOCOL);
 	}
+	/* a close whose reason is not UTF-8 -> 1007 */
+	n = 0;
+	put_frame(wire, &n, WS_OP_CLOSE, 1, "\x03\xe8\xff", 3);
+	assert_int_equal(decode_all(wire, n, WS_READ_LIMIT, &st, &out), WS_DEC_ERROR);
+	assert_int_equal(st, WS_CLOSE_INVALID_DATA);
 	/* an empty close is fine */
 	n = 0;
 	put_frame(wire, &n, WS_OP_CLOSE, 1, "", 0);
