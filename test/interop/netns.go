@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"syscall"
@@ -37,8 +38,49 @@ func reexecInNetns() int {
 	return 0
 }
 
-// netnsSetup brings up the namespace's loopback interface, the only one it has.
+// netnsSetup brings up the namespace's loopback interface, the only one it has, and
+// gives it one more address (see netnsLinkAddr).
 func netnsSetup() error {
+	if err := netnsLoopbackUp(); err != nil {
+		return err
+	}
+	return netnsAddLinkAddr()
+}
+
+// netnsLinkAddr is an address from TEST-NET-1 (RFC 5737, never routed) put on the
+// namespace's loopback as an alias. Tailscale's netmon counts an interface as "up" only
+// if it has a non-loopback address (netmon.State.AnyInterfaceUp), and with none a tsnet
+// node considers the network down and never connects to DERP. The kernel here has no
+// dummy or veth driver, so the alias goes on lo; the namespace still has no route to
+// anywhere but itself.
+const netnsLinkAddr = "192.0.2.1"
+
+func netnsAddLinkAddr() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo:1")
+	if err != nil {
+		return err
+	}
+	if err := ifr.SetInet4Addr(net.ParseIP(netnsLinkAddr).To4()); err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFADDR, ifr); err != nil {
+		return fmt.Errorf("add %s to lo: %w", netnsLinkAddr, err)
+	}
+	if err := ifr.SetInet4Addr(net.IPv4(255, 255, 255, 255).To4()); err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFNETMASK, ifr); err != nil {
+		return fmt.Errorf("netmask of %s: %w", netnsLinkAddr, err)
+	}
+	return nil
+}
+
+func netnsLoopbackUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
