@@ -18,6 +18,7 @@ struct derp_client {
 	uint8_t priv[32], pub[32], server_key[32];
 	int have_server_key;
 	uint8_t mesh_key[32];
+	char mesh_key_text[65];   /* "meshKey" as configured (case kept), "" = hex of mesh_key */
 	int have_mesh_key, is_prober;
 	char *info_json;          /* caller's ClientInfo plaintext, or NULL */
 	size_t info_json_len;

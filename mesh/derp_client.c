@@ -69,7 +69,8 @@ static size_t default_info_json(const struct derp_client *c, char *out, size_t c
 	if (c->have_mesh_key) {
 		char hex[KEY_HEX_LEN + 1];
 		key_to_hex(hex, c->mesh_key);
-		snprintf(mesh, sizeof mesh, "\"meshKey\":\"%s\",", hex);
+		snprintf(mesh, sizeof mesh, "\"meshKey\":\"%s\",",
+			 c->mesh_key_text[0] ? c->mesh_key_text : hex);
 	}
 	int n = snprintf(out, cap, "{%s\"version\":%d,\"CanAckPings\":false%s}", mesh,
 			 DERP_PROTO_VERSION, c->is_prober ? ",\"IsProber\":true" : "");
@@ -354,6 +355,8 @@ struct derp_client *derp_client_open_fd(int fd, const char *host,
 	if (o->mesh_key) {
 		memcpy(c->mesh_key, o->mesh_key, 32);
 		c->have_mesh_key = 1;
+		if (o->mesh_key_text && strlen(o->mesh_key_text) == KEY_HEX_LEN)
+			memcpy(c->mesh_key_text, o->mesh_key_text, KEY_HEX_LEN + 1);
 	}
 	if (o->info_json) {
 		c->info_json_len = o->info_json_len ? o->info_json_len : strlen(o->info_json);

@@ -35,6 +35,9 @@ struct derp_client_opts {
 	const char *host;            /* Host header, NULL = "<host>:<port>" */
 	const char *extra_headers;   /* raw "Name: v\r\n" lines appended, NULL = none */
 	const uint8_t *mesh_key;     /* 32 bytes -> "meshKey" in ClientInfo, NULL = none */
+	/* with mesh_key: the text to send as "meshKey" (64 hex digits as configured, case
+	 * kept), NULL = mesh_key in lower-case hex */
+	const char *mesh_key_text;
 	int is_prober;               /* "IsProber":true in ClientInfo */
 	/* Replace the whole ClientInfo plaintext (for malformed-input tests). */
 	const char *info_json;

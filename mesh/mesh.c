@@ -44,6 +44,7 @@ static struct {
 	int cv_ready;
 	int stopping;
 	uint8_t key[32];
+	char key_text[KEY_HEX_LEN + 1]; /* as configured, trimmed: what we send as "meshKey" */
 	int have_key;
 	uint8_t priv[32], pub[32];
 	const char *ca_file; /* --mesh-ca-file, NULL = the system's roots */
@@ -81,7 +82,8 @@ static size_t space_before(const unsigned char *s, size_t n)
 	return 0;
 }
 
-int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char *err, size_t errlen)
+int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char text[KEY_HEX_LEN + 1],
+		   char *err, size_t errlen)
 {
 	const unsigned char *p = (const unsigned char *)s;
 	size_t k;
@@ -99,6 +101,10 @@ int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char *err, size_t
 	if (key_from_hex(key, (const char *)p, len) != 0) {
 		snprintf(err, errlen, "invalid mesh key: not hexadecimal");
 		return -1;
+	}
+	if (text) {
+		memcpy(text, p, KEY_HEX_LEN);
+		text[KEY_HEX_LEN] = '\0';
 	}
 	return 0;
 }
@@ -128,14 +134,16 @@ static int read_key_file(const char *path, char **out, size_t *len, char *err, s
 	return 0;
 }
 
-int mesh_load_key(const struct config *cfg, uint8_t key[32], int *have, char *err,
-		  size_t errlen)
+int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[KEY_HEX_LEN + 1],
+		  int *have, char *err, size_t errlen)
 {
 	char *text = NULL;
 	size_t len = 0;
 	int rc = 0;
 
 	memset(key, 0, 32);
+	if (key_text)
+		key_text[0] = '\0';
 	*have = 0;
 	if (cfg->dev) {
 		const char *v = getenv(MESH_KEY_ENV);
@@ -145,7 +153,7 @@ int mesh_load_key(const struct config *cfg, uint8_t key[32], int *have, char *er
 			return 0;
 		}
 		log_info("Set mesh key from %s", MESH_KEY_ENV);
-		rc = mesh_parse_key(v, strlen(v), key, err, errlen);
+		rc = mesh_parse_key(v, strlen(v), key, key_text, err, errlen);
 	} else if (cfg->mesh_psk_file && cfg->mesh_psk_file[0]) {
 		if (read_key_file(cfg->mesh_psk_file, &text, &len, err, errlen) != 0)
 			return -1;
@@ -156,7 +164,7 @@ int mesh_load_key(const struct config *cfg, uint8_t key[32], int *have, char *er
 			log_info("No mesh key configured");
 			return 0;
 		}
-		rc = mesh_parse_key(text, len, key, err, errlen);
+		rc = mesh_parse_key(text, len, key, key_text, err, errlen);
 		free(text);
 	} else {
 		log_info("No mesh key configured");
@@ -401,6 +409,10 @@ static struct derp_client *login(struct peer *p, int *self, char *err, size_t er
 	struct derp_client_opts o = {
 		.private_key = mesh.priv,
 		.mesh_key = mesh.key,
+		/* The key as the operator wrote it, not re-encoded: derpers before key.DERPMesh
+		 * (2025) compare the ClientInfo text with their file's, so an upper-case key
+		 * file must go out upper-case; newer ones decode either case. */
+		.mesh_key_text = mesh.key_text,
 		.timeout_ms = left_ms(deadline),
 		.tls = p->t.tls,
 		.tls_server_name = name,
@@ -529,7 +541,7 @@ int mesh_init(const struct config *cfg, char *err, size_t errlen)
 	const char *w = cfg->mesh_with ? cfg->mesh_with : "";
 	size_t n = 0;
 
-	if (mesh_load_key(cfg, mesh.key, &mesh.have_key, err, errlen) != 0)
+	if (mesh_load_key(cfg, mesh.key, mesh.key_text, &mesh.have_key, err, errlen) != 0)
 		return -1;
 	server_set_mesh_key(mesh.have_key ? mesh.key : NULL);
 	if (!*w)

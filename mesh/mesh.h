@@ -30,14 +30,16 @@ void mesh_stop(void);
 
 /* Mesh key text as derper's key.ParseDERPMesh takes it: surrounding (Unicode) white space
  * trimmed, then exactly 64 hex digits of either case. 0, or -1 with err set. An all-zero
- * key parses; it means "no key". */
-int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char *err, size_t errlen);
+ * key parses; it means "no key". text (may be NULL) gets the trimmed digits as written. */
+int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char text[64 + 1], char *err,
+		   size_t errlen);
 
 /* The key source per SERVER.md §11: --dev -> the environment variable (unset or empty =
  * none); --mesh-psk-file -> the file (unreadable = error; empty file = none); else none.
- * *have = 1 when a non-zero key was loaded. Logs as derper does. */
-int mesh_load_key(const struct config *cfg, uint8_t key[32], int *have, char *err,
-		  size_t errlen);
+ * *have = 1 when a non-zero key was loaded. Logs as derper does. key_text (may be NULL)
+ * gets the key's 64 digits as written, trimmed, case kept ("" when there is none). */
+int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[64 + 1], int *have,
+		  char *err, size_t errlen);
 
 /* One --mesh-with entry: "host[:port]" or "host[:port]/dialhost". */
 struct mesh_target {

@@ -508,6 +508,70 @@ static void test_wrong_key_refused(void **state)
 	wait_region(NONE, T);
 }
 
+/* A node whose key file is written in upper-case hex sends the key text as written,
+ * trimmed: derpers before key.DERPMesh compare the ClientInfo "meshKey" text with their
+ * own file's, so re-encoding it in lower case would be refused by them. The test plays a
+ * mesh peer: it accepts derpd's outbound connection, answers the upgrade, and opens the
+ * ClientInfo. */
+static void test_key_text_as_written(void **state)
+{
+	const char *upper = "0123456789ABCDEF0123456789abcdef0123456789ABCDEF0123456789ABCDEF";
+	char dir[64], psk[128], content[80], with[64], head[4096];
+	uint8_t spriv[32], spub[32], hdr[5], *body;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof sa;
+	uint32_t len;
+	uint8_t type;
+
+	(void)state;
+	key_generate(spriv);
+	key_public(spub, spriv);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(l >= 0);
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(l, 4), 0);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&sa, &sl), 0);
+	snprintf(with, sizeof with, "127.0.0.1:%u", ntohs(sa.sin_port));
+	mu_tmpdir(dir, sizeof dir);
+	snprintf(content, sizeof content, " %s\n", upper);
+	mu_write(psk, sizeof psk, dir, "mesh.key", content);
+	const char *extra[] = { "-mesh-psk-file", psk, "-mesh-with", with, NULL };
+	struct harness_server *d = harness_start(extra);
+
+	struct pollfd pfd = { .fd = l, .events = POLLIN };
+	assert_int_equal(poll(&pfd, 1, T), 1);
+	int fd = accept(l, NULL, NULL);
+	assert_true(fd >= 0);
+	assert_true(harness_read_head(fd, head, sizeof head, T) > 0);
+	assert_non_null(strstr(head, "GET /derp HTTP/1.1\r\n"));
+	static const char resp101[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\n"
+				      "Connection: Upgrade\r\nDerp-Version: 2\r\n\r\n";
+	uint8_t sk[45];
+	frame_server_key(sk, spub);
+	assert_int_equal(write(fd, resp101, sizeof resp101 - 1), (ssize_t)(sizeof resp101 - 1));
+	assert_int_equal(write(fd, sk, sizeof sk), (ssize_t)sizeof sk);
+	assert_int_equal(harness_read_exact(fd, hdr, 5, T), 5);
+	frame_get_header(hdr, &type, &len);
+	assert_int_equal(type, FRAME_CLIENT_INFO);
+	assert_true(len > 32 + 24 + 16 && len < 1024);
+	body = malloc(len);
+	assert_int_equal(harness_read_exact(fd, body, len, T), len);
+	assert_memory_equal(body, d->pub, 32); /* the server's own key as its client key */
+	char plain[1024] = "";
+	assert_int_equal(crypto_box_open_easy((uint8_t *)plain, body + 56, len - 56, body + 32,
+					      body, spriv), 0);
+	char want[100];
+	snprintf(want, sizeof want, "\"meshKey\":\"%s\"", upper);
+	if (!strstr(plain, want))
+		fail_msg("ClientInfo %s does not carry the key as written (%s)", plain, want);
+	free(body);
+	close(fd);
+	close(l);
+	harness_stop(d);
+	mu_rmdir(dir);
+}
+
 /* ---- burst ---- */
 
 #define BURST_N 400
@@ -663,6 +727,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_local_wins, test_teardown),
 		cmocka_unit_test_teardown(test_move, test_teardown),
 		cmocka_unit_test_teardown(test_wrong_key_refused, test_teardown),
+		cmocka_unit_test_teardown(test_key_text_as_written, test_teardown),
 		cmocka_unit_test_teardown(test_burst_in_order, test_teardown),
 		cmocka_unit_test_teardown(test_kill_node, test_teardown),
 		cmocka_unit_test_teardown(test_restart_heals, test_teardown),

@@ -203,6 +203,32 @@ static void test_handshake_fast_start(void **state)
 	derp_client_close(c);
 }
 
+/* mesh_key_text goes out as written (upper-case digits stay upper-case). */
+static void test_mesh_key_text(void **state)
+{
+	struct fake *f = *state;
+	uint8_t mk[32], buf[4096];
+	const char *text = "ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB";
+	struct derp_client_opts o = { .private_key = f->cpriv, .server_key = f->spub,
+				      .fast_start = 1, .mesh_key = mk, .mesh_key_text = text,
+				      .timeout_ms = 1000 };
+
+	memset(mk, 0xab, sizeof mk);
+	struct derp_client *c = derp_client_open_fd(f->cli, "h", &o);
+	assert_non_null(c);
+	assert_int_equal(derp_client_send_info(c), 0);
+	ssize_t n = recv(f->srv, buf, sizeof buf - 1, MSG_DONTWAIT);
+	assert_true(n > 0);
+	buf[n] = 0;
+	char *end = strstr((char *)buf, "\r\n\r\n");
+	assert_non_null(end);
+	uint8_t *fr = (uint8_t *)end + 4;
+	char want[200];
+	snprintf(want, sizeof want, "{\"meshKey\":\"%s\",\"version\":2,\"CanAckPings\":false}", text);
+	assert_string_equal(open_info(f, fr, (size_t)(n - (fr - buf))), want);
+	derp_client_close(c);
+}
+
 static void expect_open_fails(struct fake *f, const void *bytes, size_t n)
 {
 	struct derp_client_opts o = { .private_key = f->cpriv, .timeout_ms = 500 };
@@ -524,6 +550,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		T(test_handshake_classic),
 		T(test_handshake_fast_start),
+		T(test_mesh_key_text),
 		T(test_reject_not_101),
 		T(test_reject_bad_magic),
 		T(test_reject_long_server_key),

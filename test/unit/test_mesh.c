@@ -27,7 +27,7 @@ static int parse_key(const char *s, uint8_t out[32])
 	char err[200];
 
 	memset(out, 0xee, 32);
-	return mesh_parse_key(s, strlen(s), out, err, sizeof err);
+	return mesh_parse_key(s, strlen(s), out, NULL, err, sizeof err);
 }
 
 static void test_parse_key(void **state)
@@ -57,7 +57,7 @@ static void test_parse_key(void **state)
 	assert_int_equal(parse_key("x123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", k), -1);
 	assert_int_equal(parse_key("0x23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", k), -1);
 	assert_int_equal(parse_key("01234567 9abcdef0123456789abcdef0123456789abcdef0123456789abcdef", k), -1);
-	assert_int_equal(mesh_parse_key(KEY_HEX, 63, k, err, sizeof err), -1);
+	assert_int_equal(mesh_parse_key(KEY_HEX, 63, k, NULL, err, sizeof err), -1);
 	assert_non_null(strstr(err, "invalid mesh key"));
 	/* all zeros parses (it means "no key" to the caller) */
 	assert_int_equal(parse_key("0000000000000000000000000000000000000000000000000000000000000000", k), 0);
@@ -83,7 +83,7 @@ static void test_load_key_sources(void **state)
 	assert_non_null(mkdtemp(dir));
 	default_config(&cfg);
 	/* nothing configured */
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), 0);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), 0);
 	assert_int_equal(have, 0);
 
 	/* the file */
@@ -93,24 +93,24 @@ static void test_load_key_sources(void **state)
 	fputs("  " KEY_HEX "\n", f);
 	fclose(f);
 	cfg.mesh_psk_file = path;
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), 0);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), 0);
 	assert_int_equal(have, 1);
 	assert_memory_equal(k, KEY, 32);
 
 	/* --dev ignores the file and reads the environment */
 	cfg.dev = 1;
 	unsetenv(MESH_KEY_ENV);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), 0);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), 0);
 	assert_int_equal(have, 0);
 	setenv(MESH_KEY_ENV, "", 1);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), 0);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), 0);
 	assert_int_equal(have, 0);
 	setenv(MESH_KEY_ENV, "6d529e9d4ef632d22d4a4214cb49da8f1ba1b72697061fb24e312984c35ec8d8", 1);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), 0);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), 0);
 	assert_int_equal(have, 1);
 	assert_int_equal(k[0], 0x6d);
 	setenv(MESH_KEY_ENV, "badf00d", 1);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), -1);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), -1);
 	assert_non_null(strstr(err, "invalid mesh key"));
 	unsetenv(MESH_KEY_ENV);
 	cfg.dev = 0;
@@ -118,16 +118,50 @@ static void test_load_key_sources(void **state)
 	/* an empty file is no key; white space only is an invalid one; missing is an error */
 	f = fopen(path, "w");
 	fclose(f);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), 0);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), 0);
 	assert_int_equal(have, 0);
 	f = fopen(path, "w");
 	fputs(" \n", f);
 	fclose(f);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), -1);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), -1);
 	assert_non_null(strstr(err, "invalid mesh key"));
 	unlink(path);
-	assert_int_equal(mesh_load_key(&cfg, k, &have, err, sizeof err), -1);
+	assert_int_equal(mesh_load_key(&cfg, k, NULL, &have, err, sizeof err), -1);
 	assert_non_null(strstr(err, path));
+	rmdir(dir);
+}
+
+/* The key text is kept as written, trimmed, case and all: it is what derpd sends as
+ * "meshKey", and derpers before key.DERPMesh compare that text with their own file's. */
+static void test_load_key_text_as_written(void **state)
+{
+	struct config cfg;
+	uint8_t k[32];
+	int have = -1;
+	char err[300], text[KEY_HEX_LEN + 1], dir[] = "/tmp/derpd-mesh-unit-XXXXXX", path[128];
+	const char *upper = "0123456789ABCDEF0123456789abcdef0123456789ABCDEF0123456789ABCDEF";
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	default_config(&cfg);
+	snprintf(path, sizeof path, "%s/mesh.key", dir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fprintf(f, " \t%s\r\n", upper);
+	fclose(f);
+	cfg.mesh_psk_file = path;
+	memset(text, 'x', sizeof text);
+	assert_int_equal(mesh_load_key(&cfg, k, text, &have, err, sizeof err), 0);
+	assert_int_equal(have, 1);
+	assert_memory_equal(k, KEY, 32);
+	assert_string_equal(text, upper);
+
+	/* no key: empty text */
+	unlink(path);
+	cfg.mesh_psk_file = "";
+	assert_int_equal(mesh_load_key(&cfg, k, text, &have, err, sizeof err), 0);
+	assert_int_equal(have, 0);
+	assert_string_equal(text, "");
 	rmdir(dir);
 }
 
@@ -191,6 +225,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_key),
 		cmocka_unit_test(test_load_key_sources),
+		cmocka_unit_test(test_load_key_text_as_written),
 		cmocka_unit_test(test_parse_target),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
