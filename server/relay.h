@@ -102,6 +102,7 @@ struct conn {
 	uint8_t held_disco;
 	int64_t held_ms;        /* since when (loop_ms); a hold ends with a drop after 100 ms */
 	uint8_t admitting;      /* 1: admission asked; 2: closed meanwhile, freed on the answer */
+	uint8_t admit_gone;     /* atomic: left while admitting; its check is dropped (admission.h) */
 	uint8_t rate_charged;   /* this frame's tokens are taken (or being waited for) */
 	uint32_t rate_gen;      /* relay.rate_gen the bucket was set from */
 	int64_t rate_resume_ms; /* waiting for tokens: read nothing until then */
@@ -225,6 +226,8 @@ struct worker {
 	pthread_t thread;
 	int epfd, evfd, lfd;
 	int stop, listen_paused;
+	long accept_fails;        /* accepts that found no descriptor, this episode */
+	int64_t accept_fail_ms, accept_fail_last; /* when the episode began, its last one */
 	int64_t drain_until;      /* shutting down: Restarting sent, flushing until then */
 	struct derp_stats stats;
 	pthread_mutex_t ready_mu;

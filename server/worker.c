@@ -409,6 +409,18 @@ static int accept_allowed(void)
 	return ok;
 }
 
+/* An episode without descriptors ends after a second with none missing (while it lasts,
+ * a descriptor freed now and then lets one accept through between failures). */
+static void accept_episode_end(struct worker *w, int64_t now)
+{
+	if (!w->accept_fails || now - w->accept_fail_last < 1000)
+		return;
+	log_info("derpd: worker %d: accepting again; for %.1f s, %ld accepts found no free "
+		 "descriptor", w->id, (double)(w->accept_fail_last - w->accept_fail_ms) / 1000,
+		 w->accept_fails);
+	w->accept_fails = 0;
+}
+
 static void accept_some(struct worker *w)
 {
 	for (int i = 0; i < ACCEPT_BUDGET; i++) {
@@ -418,8 +430,14 @@ static void accept_some(struct worker *w)
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				/* Out of descriptors: stop accepting for a tick rather than spin; the
-				 * established connections keep being served meanwhile. */
-				log_info("derpd: accept: %s; pausing accepts", strerror(errno));
+				 * established connections keep being served meanwhile. Said once per
+				 * episode, not at every retry. */
+				w->accept_fail_last = now_ms();
+				if (w->accept_fails++ == 0) {
+					w->accept_fail_ms = w->accept_fail_last;
+					log_info("derpd: worker %d: accept: %s; pausing accepts until "
+						 "descriptors free up", w->id, strerror(errno));
+				}
 				listen_pause(w, 1);
 			}
 			return;
@@ -530,6 +548,7 @@ static void *worker_main(void *arg)
 		int64_t now = now_ms();
 		if (now - w->wheel_ms >= WHEEL_TICK_MS) {
 			wheel_run(w, now);
+			accept_episode_end(w, now);
 			if (!w->drain_until)
 				listen_pause(w, 0);
 		}

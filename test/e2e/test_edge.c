@@ -306,6 +306,25 @@ static int got_101(int fd)
 	return harness_read_head(fd, head, sizeof head, 300) > 0 && strncmp(head, "HTTP/1.1 101", 12) == 0;
 }
 
+/* How many lines of the server's log contain needle. */
+static int log_count(const struct harness_server *s, const char *needle)
+{
+	char line[1024];
+	int n = 0;
+	FILE *f = fopen(s->log_path, "re");
+
+	while (f && fgets(line, sizeof line, f))
+		n += strstr(line, needle) != NULL;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+static int accepting_again(void *arg)
+{
+	return harness_log_contains(arg, "accepting again;");
+}
+
 /* Out of file descriptors (RLIMIT_NOFILE lowered, soft and hard, on the running derpd):
  * accept fails, derpd says so and keeps serving the clients it has; once some connections
  * go away, new clients log in again. */
@@ -347,6 +366,11 @@ static void test_emfile(void **state)
 	struct derp_client *c = harness_client(s, &o);
 	harness_relay_check(a, c);
 	harness_relay_check(a, b);
+	/* said once per worker and episode (it was ~20 lines a second), and its end */
+	assert_true(harness_wait(accepting_again, s, 10000));
+	int said = log_count(s, "Too many open files");
+	print_message("\"Too many open files\" logged %d time(s)\n", said);
+	assert_true(said >= 1 && said <= 2);
 	derp_client_close(a);
 	derp_client_close(b);
 	derp_client_close(c);
