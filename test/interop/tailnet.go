@@ -27,6 +27,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,10 +50,13 @@ const (
 func init() {
 	for _, mode := range []string{"http", "tls"} {
 		tls := mode == "tls"
-		register("tailnet/"+mode+"/transfer", func(c *C) { tailnetTransferCheck(c, tls) })
+		register("tailnet/"+mode+"/transfer", func(c *C) { tailnetTransferCheck(c, tls, false) })
 		register("tailnet/"+mode+"/ping", func(c *C) { tailnetPingCheck(c, tls) })
 		register("tailnet/"+mode+"/restart", func(c *C) { tailnetRestartCheck(c, tls) })
 	}
+	// The same transfer through upstream derper: the baseline that shows the check
+	// measures what it says (and derper's counters beside derpd's).
+	register("tailnet/derper/transfer", func(c *C) { tailnetTransferCheck(c, true, true) })
 }
 
 // tailnetKnobs sets the upstream envknobs the nodes read. envknob.Setenv also updates
@@ -108,10 +112,10 @@ func tailnetDERPMap(s *Server, tls bool) *tailcfg.DERPMap {
 	}}
 }
 
-func startTailnet(c *C, tls bool) *tailnet {
+func startTailnet(c *C, tls, upstream bool) *tailnet {
 	tailnetKnobs(tls)
 	t := &tailnet{c: c}
-	t.derpd = StartDerpd(c, ServerOpts{TLS: tls, STUN: true})
+	t.derpd = StartDerpd(c, ServerOpts{TLS: tls, STUN: true, Upstream: upstream})
 
 	t.ctl = &testcontrol.Server{
 		DERPMap: tailnetDERPMap(t.derpd, tls),
@@ -323,6 +327,12 @@ func (t *tailnet) counters() map[string]float64 {
 		}
 		out[k] = v
 	}
+	// All drop reasons and kinds together (the same series in derpd and derper).
+	for k, v := range m {
+		if strings.HasPrefix(k, "derp_packets_dropped{") {
+			out["derp_packets_dropped"] += v
+		}
+	}
 	return out
 }
 
@@ -335,24 +345,26 @@ func (t *tailnet) throughDerpd(before, after map[string]float64, n int64) string
 			t.c.Fatalf("derpd %s grew by %.0f during the transfer, less than the %.0f bytes moved: not relayed by derpd?", k, d, min)
 		}
 	}
-	return fmt.Sprintf("derpd relayed %.1f MB in %.0f packets (received %.1f MB / %.0f packets)",
-		(after["derp_bytes_sent"]-before["derp_bytes_sent"])/(1<<20),
-		after["derp_packets_sent"]-before["derp_packets_sent"],
-		(after["derp_bytes_received"]-before["derp_bytes_received"])/(1<<20),
-		after["derp_packets_received"]-before["derp_packets_received"])
+	d := func(k string) float64 { return after[k] - before[k] }
+	return fmt.Sprintf("%s received %.1f MB in %.0f packets, sent %.1f MB in %.0f, dropped %.0f",
+		t.derpd.Name, d("derp_bytes_received")/(1<<20), d("derp_packets_received"),
+		d("derp_bytes_sent")/(1<<20), d("derp_packets_sent"), d("derp_packets_dropped"))
 }
 
-func tailnetTransferCheck(c *C, tls bool) {
-	t := startTailnet(c, tls)
+func tailnetTransferCheck(c *C, tls, upstream bool) {
+	if upstream && *flagDerper == "" {
+		c.Fatalf("no -derper binary given")
+	}
+	t := startTailnet(c, tls, upstream)
 	before := t.counters()
 	st := t.transfer(tailnetTransfer)
 	via := t.throughDerpd(before, t.counters(), tailnetTransfer)
-	c.Passf("node B <-> node A (%s -> %s:%d) via %s: %s, SHA-256 ok both ways; %s",
-		t.bIP, t.aIP, tailnetPort, t.derpd.URL(), st, via)
+	c.Passf("node B <-> node A (%s -> %s:%d) via %s %s: %s, SHA-256 ok both ways; %s",
+		t.bIP, t.aIP, tailnetPort, t.derpd.Name, t.derpd.URL(), st, via)
 }
 
 func tailnetPingCheck(c *C, tls bool) {
-	t := startTailnet(c, tls)
+	t := startTailnet(c, tls, false)
 	var details []string
 	for _, pt := range []tailcfg.PingType{tailcfg.PingDisco, tailcfg.PingTSMP} {
 		for _, p := range []struct {
@@ -392,7 +404,7 @@ func tailnetPingCheck(c *C, tls bool) {
 }
 
 func tailnetRestartCheck(c *C, tls bool) {
-	t := startTailnet(c, tls)
+	t := startTailnet(c, tls, false)
 	first := t.transfer(1 << 20)
 	oldPID := t.derpd.cmd.Process.Pid
 	c.Check(t.derpd.Stop(), "stop derpd (SIGTERM)")
