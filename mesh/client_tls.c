@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -22,6 +23,36 @@ static int64_t mono_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The roots when no CA file is named: as Go's crypto/x509 on Linux, which derper uses,
+ * SSL_CERT_FILE replaces the default bundle and SSL_CERT_DIR (colon-separated) the default
+ * directories, so an operator's environment that makes derper trust a private CA does
+ * the same for derpd. Without either, the system's store. 1 if any root was loaded. */
+static int load_default_roots(WOLFSSL_CTX *ctx)
+{
+	const char *file = getenv("SSL_CERT_FILE"), *dirs = getenv("SSL_CERT_DIR");
+	int ok = 0;
+
+	if ((!file || !*file) && (!dirs || !*dirs))
+		return wolfSSL_CTX_load_system_CA_certs(ctx) == WOLFSSL_SUCCESS;
+	if (file && *file)
+		ok |= wolfSSL_CTX_load_verify_locations(ctx, file, NULL) == WOLFSSL_SUCCESS;
+	if (!dirs || !*dirs) /* Go still reads its default directories */
+		return wolfSSL_CTX_load_system_CA_certs(ctx) == WOLFSSL_SUCCESS || ok;
+	for (const char *d = dirs; *d;) {
+		char dir[4096];
+		size_t n = strcspn(d, ":");
+		if (n > 0 && n < sizeof dir) {
+			memcpy(dir, d, n);
+			dir[n] = '\0';
+			/* a directory's unreadable or non-certificate files are skipped, as Go */
+			ok |= wolfSSL_CTX_load_verify_locations_ex(ctx, NULL, dir,
+					WOLFSSL_LOAD_FLAG_IGNORE_ERR) == WOLFSSL_SUCCESS;
+		}
+		d += n + (d[n] == ':');
+	}
+	return ok;
 }
 
 /* wolfSSL_Init's first call is not thread-safe; tools log in from many threads. */
@@ -111,9 +142,10 @@ struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_
 	if (o->insecure) {
 		wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
 	} else {
-		int ok = o->ca_file ? wolfSSL_CTX_load_verify_locations(ctx, o->ca_file, NULL)
-				    : wolfSSL_CTX_load_system_CA_certs(ctx);
-		if (ok != WOLFSSL_SUCCESS) {
+		int ok = o->ca_file ? wolfSSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) ==
+					      WOLFSSL_SUCCESS
+				    : load_default_roots(ctx);
+		if (!ok) {
 			snprintf(err, errlen, "TLS: cannot load CA certificates %s",
 				 o->ca_file ? o->ca_file : "(system)");
 			goto fail;

@@ -45,7 +45,8 @@ struct derp_client_opts {
 	int rcvbuf;                  /* SO_RCVBUF before connecting (0 = kernel default) */
 	/* DERP over TLS (https://host/derp): ALPN http/1.1, SNI = tls_server_name unless it
 	 * is an IP literal (as Go), certificate verified against tls_ca_file (NULL = the
-	 * system's roots) unless tls_insecure. tls_max_version: 0 = up to 1.3, 2 = 1.2,
+	 * system's roots, or SSL_CERT_FILE / SSL_CERT_DIR as Go reads them) unless
+	 * tls_insecure. tls_max_version: 0 = up to 1.3, 2 = 1.2,
 	 * 1 = 1.1 (to test that a server refuses it). */
 	int tls;
 	const char *tls_server_name; /* NULL = host */

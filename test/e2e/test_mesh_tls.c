@@ -273,6 +273,39 @@ static void test_untrusted_peer(void **state)
 	tu_ca_free(&ca2);
 }
 
+/* Without --mesh-ca-file the roots follow Go's environment, as derper's do:
+ * SSL_CERT_FILE naming the test CA's PEM, or SSL_CERT_DIR naming a directory holding it,
+ * makes a node trust node A (which then counts it as a third watcher). */
+static void test_ssl_cert_env(void **state)
+{
+	char with[32], k[128], dir[128], copy[192];
+
+	(void)state;
+	snprintf(with, sizeof with, "127.0.0.1:%u", R.n[A].port);
+	snprintf(k, sizeof k, "%s/env.key", R.dir);
+	snprintf(dir, sizeof dir, "%s/certdir", R.dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	size_t n;
+	char *pem = file_read(R.ca.pem_path, &n);
+	assert_non_null(pem);
+	mu_write(copy, sizeof copy, dir, "test-ca.pem", pem);
+	free(pem);
+	for (int i = 0; i < 2; i++) {
+		setenv(i ? "SSL_CERT_DIR" : "SSL_CERT_FILE", i ? dir : R.ca.pem_path, 1);
+		struct harness_server *d = tls_node(0, k, with, NULL);
+		unsetenv("SSL_CERT_FILE");
+		unsetenv("SSL_CERT_DIR");
+		double v = harness_wait_metric(&R.n[A].p80, "derp_watchers", 3, T);
+		if (v != 3) {
+			harness_dump_log(d);
+			fail_msg("with %s set the node did not mesh with A (A's derp_watchers = %g)",
+				 i ? "SSL_CERT_DIR" : "SSL_CERT_FILE", v);
+		}
+		harness_stop(d);
+		wait_region(NONE, T);
+	}
+}
+
 /* --mesh-ca-file must be readable when there is a mesh to dial. */
 static void test_ca_file_unreadable(void **state)
 {
@@ -294,6 +327,7 @@ int main(void)
 		cmocka_unit_test(test_packets_cross),
 		cmocka_unit_test(test_untrusted_peer),
 		cmocka_unit_test(test_ca_file_unreadable),
+		cmocka_unit_test(test_ssl_cert_env),
 		cmocka_unit_test(test_node_restart_heals),
 	};
 	return cmocka_run_group_tests(tests, region_setup, region_teardown);
