@@ -147,14 +147,17 @@ void worker_rate_forget(struct conn *c)
 	c->rate_resume_ms = 0;
 }
 
-/* Resume the waits that are due; return ms until the next one (or WHEEL_TICK_MS). */
+/* Resume the waits that are due, and every wait computed under limits a reload has since
+ * changed (it is recomputed under the new ones: a lifted limit frees it at once); return
+ * ms until the next one (or WHEEL_TICK_MS, so a reload is seen within a tick). */
 static int rate_resume(struct worker *w, int64_t now)
 {
 	int64_t next = now + WHEEL_TICK_MS;
+	uint32_t gen = __atomic_load_n(&relay.rate_gen, __ATOMIC_ACQUIRE);
 
 	for (struct conn **pp = &w->rate_waiting; *pp;) {
 		struct conn *c = *pp;
-		if (c->rate_resume_ms <= now) {
+		if (c->rate_resume_ms <= now || c->rate_gen != gen) {
 			*pp = c->rate_next;
 			c->rate_resume_ms = 0;
 			worker_read_later(c); /* the tokens are there: parse and read again */

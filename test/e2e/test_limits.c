@@ -619,6 +619,35 @@ static void test_rate_sighup(void **state)
 	harness_stop(s);
 }
 
+/* SERVER.md §14: a SIGHUP that lifts the limit frees a sender already waiting at once. At
+ * 1 byte/s (burst raised to 65568) the second maximal packet would wait ~65 s. */
+static void test_rate_waiter_sighup(void **state)
+{
+	(void)state;
+	const char *path = rate_file("{\"PerClientRateLimitBytesPerSec\": 1}");
+	const char *args[] = { "--rate-config", path, NULL };
+	struct harness_server *s = harness_start(args);
+	struct derp_client *a = harness_client(s, NULL), *b = harness_client(s, NULL);
+	static uint8_t p1[DERP_MAX_PACKET], p2[DERP_MAX_PACKET];
+
+	memset(p1, 1, sizeof p1);
+	memset(p2, 2, sizeof p2);
+	assert_int_equal(derp_client_send(a, PUB(b), p1, sizeof p1), 0);
+	assert_int_equal(derp_client_send(a, PUB(b), p2, sizeof p2), 0);
+	harness_expect_packet(b, PUB(a), p1, sizeof p1, 5000);
+	harness_expect_nothing(b, 300); /* the second waits for tokens */
+	assert_int_equal(harness_metric(s, "derp_rate_limit_per_client_waited"), 1);
+	write_file(path, "{}");
+	int64_t t0 = harness_now_ms();
+	kill(s->pid, SIGHUP);
+	harness_expect_packet(b, PUB(a), p2, sizeof p2, 3000);
+	print_message("the waiting packet arrived %lld ms after SIGHUP lifted the limit\n",
+		      (long long)(harness_now_ms() - t0));
+	derp_client_close(a);
+	derp_client_close(b);
+	harness_stop(s);
+}
+
 /* No --rate-config: no rate metrics (upstream publishes them only then). A bad file at
  * start-up is fatal. */
 static void test_rate_config_startup(void **state)
@@ -787,6 +816,7 @@ int main(void)
 		cmocka_unit_test(test_rate_measured),
 		cmocka_unit_test(test_rate_large_frames),
 		cmocka_unit_test(test_rate_sighup),
+		cmocka_unit_test(test_rate_waiter_sighup),
 		cmocka_unit_test(test_rate_config_startup),
 		cmocka_unit_test(test_accept_limit),
 	};
