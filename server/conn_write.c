@@ -9,8 +9,64 @@
 #include "server/frame.h"
 #include "server/hll.h"
 #include "server/relay.h"
+#include "server/websocket.h"
 
 #define FLUSH_ROUNDS 8 /* batches per turn before letting other connections write */
+
+/* DERP over WebSocket: upstream's WebSocket library, in derper and in every Go or wasm
+ * client, reads messages of at most WS_READ_LIMIT bytes and hangs up on a longer one, so a
+ * batch goes out as several binary messages (boundaries mean nothing to the DERP stream).
+ * Fewer packets per batch keep the message headers and split packets within iov[]. */
+#define WS_BATCH_PKTS 8
+#define WS_BATCH_MSGS \
+	((BATCH_CTRL + WS_BATCH_PKTS * (FRAME_HEADER_LEN + 32 + DERP_MAX_PACKET) + WS_READ_LIMIT - 1) / \
+	 WS_READ_LIMIT)
+/* prefix + a header and at most one split per message + ctrl + packets */
+_Static_assert(1 + 2 * WS_BATCH_MSGS + 1 + WS_BATCH_PKTS <= BATCH_PKTS + 2,
+	       "WebSocket batch does not fit iov[]");
+/* Every message but the first is full: its header is always this. */
+static const uint8_t ws_full_header[4] = {
+	0x80 | WS_OP_BINARY, 126, WS_READ_LIMIT >> 8, WS_READ_LIMIT & 0xff,
+};
+
+/* Frame the batch's data (iov[1..niov)) as WebSocket messages: pending control frames and
+ * a first message of the remainder (size mod WS_READ_LIMIT) in wspre, then full messages. */
+static void ws_frame_batch(struct conn *c, struct outbatch *b)
+{
+	struct iovec in[BATCH_PKTS + 2];
+	int nin = b->niov - 1, n = 0, k = 0;
+	uint64_t left = 0, m;
+	size_t off = 0;
+
+	memcpy(in, b->iov + 1, (size_t)nin * sizeof *in);
+	for (int i = 0; i < nin; i++)
+		left += in[i].iov_len;
+	m = left % WS_READ_LIMIT;
+	if (!m && left)
+		m = WS_READ_LIMIT;
+	size_t pre = ws_batch_prefix(c, b->wspre, sizeof b->wspre, m);
+	if (pre)
+		b->iov[n++] = (struct iovec){ b->wspre, pre };
+	for (int msg = 0; left; msg++, m = WS_READ_LIMIT) {
+		if (msg)
+			b->iov[n++] = (struct iovec){ (void *)ws_full_header, sizeof ws_full_header };
+		left -= m;
+		while (m) {
+			size_t take = in[k].iov_len - off;
+			if (take > m)
+				take = (size_t)m;
+			b->iov[n++] = (struct iovec){ (uint8_t *)in[k].iov_base + off, take };
+			off += take;
+			m -= take;
+			if (off == in[k].iov_len) {
+				k++;
+				off = 0;
+			}
+		}
+	}
+	b->niov = n;
+	b->iov_idx = 0;
+}
 
 const int stats_write_frames_le[STATS_WRITE_FRAMES_BUCKETS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 50, 100,
@@ -51,8 +107,8 @@ static struct outbatch *build_batch(struct conn *c, int *mesh_batches)
 			STAT_ADD(&c->w->stats, sent_pong, 1);
 		}
 		int qmore = 0, nctrl = 0;
-		b->npkt = sendq_take(&c->q, b->pkt, BATCH_PKTS, b->ctrl, &b->ctrl_len, BATCH_CTRL,
-				     &nctrl, &qmore);
+		b->npkt = sendq_take(&c->q, b->pkt, c->ws ? WS_BATCH_PKTS : BATCH_PKTS, b->ctrl,
+				     &b->ctrl_len, BATCH_CTRL, &nctrl, &qmore);
 		b->nframes += nctrl;
 		/* A watcher's control frames are its mesh updates (PeerPresent/PeerGone). */
 		if (c->is_watcher && nctrl) {
@@ -68,19 +124,8 @@ static struct outbatch *build_batch(struct conn *c, int *mesh_batches)
 		b->iov[b->niov++] = (struct iovec){ b->ctrl, b->ctrl_len };
 	for (int i = 0; i < b->npkt; i++)
 		b->iov[b->niov++] = (struct iovec){ b->pkt[i].frame, b->pkt[i].len };
-	if (c->ws) {
-		/* The whole batch is one binary message, after any pong/close frames. */
-		uint64_t data = 0;
-		for (int i = 1; i < b->niov; i++)
-			data += b->iov[i].iov_len;
-		size_t pre = ws_batch_prefix(c, b->wspre, sizeof b->wspre, data);
-		if (pre)
-			b->iov[0] = (struct iovec){ b->wspre, pre };
-		else
-			b->iov_idx = 1; /* nothing to frame: skip the empty slot */
-		if (b->iov_idx == b->niov)
-			b->niov = b->iov_idx = 0;
-	}
+	if (c->ws)
+		ws_frame_batch(c, b);
 	b->nframes += b->npkt;
 	/* Packets feed the distinct-sender estimate (/debug/traffic UniqueSenders). */
 	if (b->npkt && !c->hll)

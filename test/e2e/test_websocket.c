@@ -42,6 +42,7 @@ struct wsc {
 	uint8_t stream[1 << 18];  /* the DERP byte stream from binary messages */
 	size_t slen;
 	int eof, got_close, pongs;
+	size_t msg_len, msg_max;  /* the binary message being read; the longest one */
 	uint16_t close_status;
 	uint8_t pong[125];
 	size_t pong_len;
@@ -107,6 +108,12 @@ static int wsc_pump(struct wsc *w, int timeout_ms)
 			assert_true(w->slen + f.len <= sizeof w->stream);
 			memcpy(w->stream + w->slen, pl, f.len);
 			w->slen += f.len;
+			w->msg_len += f.len;
+			if (f.fin) {
+				if (w->msg_len > w->msg_max)
+					w->msg_max = w->msg_len;
+				w->msg_len = 0;
+			}
 			break;
 		case WS_OP_PONG:
 			w->pongs++;
@@ -315,6 +322,41 @@ static void test_login_and_relay(void **state)
 	wsc_send(w, WS_OP_CLOSE, 1, cl, ws_build_close(cl, WS_CLOSE_NORMAL, "bye"));
 	assert_int_equal(wsc_expect_closed(w, 3000), 1);
 	assert_int_equal(w->close_status, WS_CLOSE_NORMAL);
+	wsc_free(w);
+	derp_client_close(b);
+}
+
+/* Upstream's client (and the browser one: the same WebSocket library) reads messages of
+ * at most 32768 bytes and hangs up on a longer one, so derpd never sends one: a 64 KiB
+ * packet and a burst of packets that would make one long batch arrive intact in messages
+ * of at most 32768 bytes. */
+static void test_message_limit(void **state)
+{
+	struct harness_server *s = *state;
+	struct derp_client *b = harness_client(s, NULL);
+	struct wsc *w = wsc_login(s);
+	static uint8_t big[DERP_MAX_PACKET], small[30][1200], buf[1 << 17];
+	uint32_t n;
+
+	/* B must be a sender W has heard of (a Ping makes sure W is registered). */
+	wsc_send_derp(w, FRAME_PING, "87654321", 8);
+	assert_int_equal(wsc_frame(w, buf, &n, 5000), FRAME_PONG);
+	randombytes_buf(big, sizeof big);
+	assert_int_equal(derp_client_send(b, w->pub, big, sizeof big), 0);
+	for (int i = 0; i < 30; i++) {
+		randombytes_buf(small[i], sizeof small[i]);
+		assert_int_equal(derp_client_send(b, w->pub, small[i], sizeof small[i]), 0);
+	}
+	assert_int_equal(wsc_frame(w, buf, &n, 5000), FRAME_RECV_PACKET);
+	assert_int_equal(n, 32 + sizeof big);
+	assert_memory_equal(buf, PUB(b), 32);
+	assert_memory_equal(buf + 32, big, sizeof big);
+	for (int i = 0; i < 30; i++)
+		wsc_expect_packet(w, PUB(b), small[i], sizeof small[i]);
+	if (w->msg_max > WS_READ_LIMIT)
+		fail_msg("derpd sent a binary message of %zu bytes (limit %d)", w->msg_max,
+			 WS_READ_LIMIT);
+	print_message("longest message %zu bytes\n", w->msg_max);
 	wsc_free(w);
 	derp_client_close(b);
 }
@@ -673,6 +715,7 @@ int main(void)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, harness_setup, harness_teardown)
 	const struct CMUnitTest tests[] = {
 		T(test_login_and_relay),
+		T(test_message_limit),
 		T(test_subprotocol_required),
 		T(test_malformed_frames),
 		T(test_chromium),
