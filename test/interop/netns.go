@@ -47,13 +47,13 @@ func netnsSetup() error {
 	return netnsAddLinkAddr()
 }
 
-// netnsLinkAddr is an address from TEST-NET-1 (RFC 5737, never routed) put on the
+// netnsLinkAddr is an address from TEST-NET-3 (RFC 5737, never routed) put on the
 // namespace's loopback as an alias. Tailscale's netmon counts an interface as "up" only
 // if it has a non-loopback address (netmon.State.AnyInterfaceUp), and with none a tsnet
 // node considers the network down and never connects to DERP. The kernel here has no
 // dummy or veth driver, so the alias goes on lo; the namespace still has no route to
 // anywhere but itself.
-const netnsLinkAddr = "192.0.2.1"
+const netnsLinkAddr = "203.0.113.1"
 
 func netnsAddLinkAddr() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
