@@ -56,6 +56,9 @@ type regionOpts struct {
 	TLS       bool
 	DerperKey string // mesh key file text of each server; "" = one fresh key for both
 	DerpdKey  string
+	// With TLS: derpd trusts the test CA for its mesh dials through SSL_CERT_FILE (the
+	// suite's environment, as derper does) instead of --mesh-ca-file.
+	EnvRoots bool
 }
 
 // Region is one derper and one derpd meshed with each other.
@@ -83,9 +86,7 @@ func StartRegion(c *C, o regionOpts) *Region {
 		env = []string{"TS_DEBUG_USE_DERP_HTTP=true"}
 	}
 	derpdArgs := []string{"-mesh-with", meshWith}
-	if o.TLS {
-		// derpd's outbound mesh TLS trusts the system roots or this file; it does not
-		// read SSL_CERT_FILE (Go's derper does).
+	if o.TLS && !o.EnvRoots {
 		derpdArgs = append(derpdArgs, "--mesh-ca-file", testCA.CertFile)
 	}
 	r := &Region{c: c}
@@ -286,7 +287,7 @@ func stream(c *C, a, b *Peer, n int) int {
 }
 
 func regionBothWays(c *C, tls bool) {
-	r := StartRegion(c, regionOpts{TLS: tls})
+	r := StartRegion(c, regionOpts{TLS: tls, EnvRoots: true})
 	u := DialPeer(c, r.Derper, "a", key.NodePrivate{})
 	d := DialPeer(c, r.Derpd, "b", key.NodePrivate{})
 	t1 := Reach(c, u, d, 10*time.Second)
@@ -304,9 +305,13 @@ func regionBothWays(c *C, tls bool) {
 		c.Fatalf("packets arrived but the forwarding counters disagree: derper out %v / derpd in %v, derpd out %v / derper in %v (want >= %d each)",
 			fwdOutU, fwdInD, fwdOutD, fwdInU, n)
 	}
-	c.Passf("first packet derper->derpd after %v, derpd->derper after %v; %d packets (%d bytes, sizes 8..%d) each way intact and in order; "+
+	roots := ""
+	if tls {
+		roots = "derpd trusting the test CA through SSL_CERT_FILE as derper does; "
+	}
+	c.Passf("%sfirst packet derper->derpd after %v, derpd->derper after %v; %d packets (%d bytes, sizes 8..%d) each way intact and in order; "+
 		"forwarded: derper out %v = derpd in %v, derpd out %v = derper in %v",
-		t1.Round(time.Millisecond), t2.Round(time.Millisecond), n, b1+b2, derp.MaxPacketSize, fwdOutU, fwdInD, fwdOutD, fwdInU)
+		roots, t1.Round(time.Millisecond), t2.Round(time.Millisecond), n, b1+b2, derp.MaxPacketSize, fwdOutU, fwdInD, fwdOutD, fwdInU)
 }
 
 // waitGone waits for p to be told that peer left, with the reason.
