@@ -20,7 +20,7 @@ fi
 out="$top/$build/interop"
 mkdir -p "$out"
 echo "interop: building the suite, derper and derpprobe with go$have"
-(cd "$here" && go build -o "$out/" . tailscale.com/cmd/derper tailscale.com/cmd/derpprobe) || {
+(cd "$here" && go build -tags ts_debug_websockets -o "$out/" . tailscale.com/cmd/derper tailscale.com/cmd/derpprobe) || {
 	echo "interop: FAILED: build"; exit 1; }
 exec timeout -k 10 900 "$out/interop" -derpd "$top/$build/derpd" -derper "$out/derper" \
 	-derpprobe "$out/derpprobe" "$@"
