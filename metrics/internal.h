@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include "metrics/httpd.h"
+#include "server/admission.h"
 #include "server/stats.h"
 #include "stun/stun.h"
 
@@ -75,6 +76,7 @@ struct metrics_snapshot {
 	struct derp_stats_snapshot derp;
 	struct stun_counters stun;
 	struct bootstrap_dns_counters dns;
+	uint64_t admission[ADMISSION_NRESULTS];     /* checks by result (prom.c only) */
 	uint64_t tls_request[HTTPD_TLS_NVERSIONS];
 	int64_t tls_active[HTTPD_TLS_NVERSIONS];
 	unsigned tls_request_seen, tls_active_seen; /* bit per version: label exists */

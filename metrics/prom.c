@@ -160,6 +160,11 @@ void prom_write(struct mbuf *b, const struct metrics_snapshot *s)
 	    (long long)g->current_dup_client_conns);
 	one(b, "derp_watchers", "gauge", "Connections subscribed to peer presence (mesh).",
 	    (long long)d->watchers);
+	fam(b, "derpd_admission_checks_total", "counter",
+	    "Client admission checks (-verify-clients, -verify-client-url) by how they ended.");
+	for (int i = 0; i < ADMISSION_NRESULTS; i++)
+		mbuf_printf(b, "derpd_admission_checks_total{result=\"%s\"} %lld\n",
+			    admission_result_name[i], (long long)s->admission[i]);
 
 	fam(b, "stun_requests_total", "counter", "STUN packets by outcome.");
 	mbuf_printf(b, "stun_requests_total{disposition=\"not_stun\"} %lld\n"

@@ -124,6 +124,7 @@ void metrics_gather(struct metrics_snapshot *s, const struct config *cfg)
 	memset(s, 0, sizeof *s);
 	server_stats_sum(&s->derp);
 	stun_counters_get(&s->stun);
+	admission_counters_get(s->admission);
 	bootstrap_dns_counters_get(&s->dns);
 	for (int v = 0; v < HTTPD_TLS_NVERSIONS; v++) {
 		s->tls_request[v] = __atomic_load_n(&tls_request[v], __ATOMIC_RELAXED);

@@ -1,5 +1,6 @@
-/* Client admission: a pool of threads asking tailscaled's LocalAPI and/or an admission
- * webhook over libcurl, exactly as derper asks them. See admission.h. */
+/* Client admission: one thread drives every check through libcurl's multi interface, so
+ * each check runs on its own as upstream's per-connection goroutine does, while memory,
+ * sockets and threads stay bounded. See admission.h. */
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -16,63 +18,76 @@
 #include "server/config.h"
 #include "server/log.h"
 
-#define ADM_THREADS 4          /* checks in flight at once */
-#define ADM_QUEUE_MAX 1024     /* waiting checks; beyond that decided as unreachable */
+/* Checks in flight at once (one socket each; upstream has no cap), and checks waiting
+ * for one of those slots; beyond that a login is refused, never admitted unchecked. */
+#define ADM_INFLIGHT_MAX 512
+#define ADM_PENDING_MAX 4096
 #define WHOIS_TIMEOUT_MS 10000 /* upstream has none but the 10 s handshake deadline */
-#define WEBHOOK_TIMEOUT_MS 5000
+#define WEBHOOK_TIMEOUT_MS 5000 /* upstream: context.WithTimeout(ctx, 5*time.Second) */
 #define WEBHOOK_BODY_MAX 4096  /* upstream decodes only the first 4 KiB */
 #define WHOIS_BODY_MAX (1 << 20)
 #define TAILSCALE_CAP "145"    /* tailcfg.CurrentCapabilityVersion */
 #define DEFAULT_SOCKET "/var/run/tailscale/tailscaled.sock"
+#define BUSY_LOG_MS 1000       /* one "queue full" line per second at most */
 
 enum { ST_IDLE, ST_RUNNING, ST_STOPPED };
+enum { STAGE_WHOIS = 1, STAGE_HOOK };
 
-struct req {
-	struct req *next;
-	uint8_t key[32];
-	char src[INET6_ADDRSTRLEN + IF_NAMESIZE + 2]; /* webhook "Source" */
-	char peer[INET6_ADDRSTRLEN + IF_NAMESIZE + 10]; /* for the log: ip:port */
-	void (*done)(void *arg, int allow);
-	void *arg;
-	int allow; /* decided already (queue full, stopped) */
+struct body {
+	char *buf;
+	size_t len, size, cap; /* size: allocated; cap: most bytes kept */
+	int json_stop;    /* webhook: stop once one JSON value is complete, as Go's Decoder */
+	int got_value;    /* json_stop: a whole value arrived (the rest is never read) */
+	int over;         /* more than cap arrived */
+	json_t *value;
 };
 
-struct list { struct req *head, *tail; int n; };
+struct req {
+	struct req *next, *prev; /* pending list (next only), or the checker's in-flight list */
+	uint8_t key[32];
+	char hex[65];
+	char src[INET6_ADDRSTRLEN + IF_NAMESIZE + 2]; /* webhook "Source" */
+	char peer[INET6_ADDRSTRLEN + IF_NAMESIZE + 10]; /* for the log: ip:port */
+	const uint8_t *gone;
+	void (*done)(void *arg, int allow);
+	void *arg;
+	int allow; /* late_main only */
+	/* while in flight */
+	int stage;
+	CURL *h;
+	struct curl_slist *hdr;
+	char *post;
+	struct body b;
+	char errbuf[CURL_ERROR_SIZE];
+};
 
 static struct {
 	pthread_mutex_t mu;
-	pthread_cond_t cv_work, cv_decided;
-	struct list work, decided; /* decided: answered by the notifier thread */
-	int state, stopping;
-	pthread_t th[ADM_THREADS + 1];
-	int nth;
+	struct req *pend_head, *pend_tail; /* under mu: waiting for a slot, oldest first */
+	struct req *busy;                  /* under mu: refused (queue full), to be answered */
+	int npend;                         /* under mu */
+	int state;                         /* under mu */
+	int stopping, sweep;               /* atomic: stop; some client has gone */
+	CURLM *multi;                      /* set while ST_RUNNING */
+	pthread_t th;
+	int have_th;
 	int verify_clients, fail_open;
 	char *url, *socket;
-} adm = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv_work = PTHREAD_COND_INITIALIZER,
-	.cv_decided = PTHREAD_COND_INITIALIZER };
+	int inflight_max, pending_max;
+	int64_t busy_log_ms, busy_unlogged; /* under mu */
+	uint64_t count[ADMISSION_NRESULTS];  /* atomic */
+} adm = { .mu = PTHREAD_MUTEX_INITIALIZER, .inflight_max = ADM_INFLIGHT_MAX,
+	.pending_max = ADM_PENDING_MAX };
 
-static void list_push(struct list *l, struct req *r)
+/* The checker's own in-flight list (only its thread touches it). */
+static struct req *inflight;
+static int ninflight;
+
+static int64_t mono_ms(void)
 {
-	r->next = NULL;
-	if (l->tail)
-		l->tail->next = r;
-	else
-		l->head = r;
-	l->tail = r;
-	l->n++;
-}
-
-static struct req *list_pop(struct list *l)
-{
-	struct req *r = l->head;
-
-	if (r) {
-		l->head = r->next;
-		if (!l->head)
-			l->tail = NULL;
-		l->n--;
-	}
-	return r;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void key_hex(const uint8_t key[32], char out[65])
@@ -84,6 +99,11 @@ static void key_hex(const uint8_t key[32], char out[65])
 		out[2 * i + 1] = hx[key[i] & 15];
 	}
 	out[64] = '\0';
+}
+
+static int req_gone(const struct req *r)
+{
+	return r->gone && __atomic_load_n(r->gone, __ATOMIC_ACQUIRE);
 }
 
 /* Go's view of the remote address: IPv4-mapped shown as IPv4, a zone kept. */
@@ -118,16 +138,37 @@ static void format_peer(const struct sockaddr *sa, socklen_t len, struct req *r)
 	snprintf(r->src, sizeof r->src, "%s", ip);
 }
 
-/* ---- one HTTP exchange ---- */
+/* ---- answering ---- */
 
-struct body {
-	char *buf;
-	size_t len, cap;
-	int json_stop;    /* webhook: stop once one JSON value is complete, as Go's Decoder */
-	int got_value;    /* json_stop: a whole value arrived (the rest is never read) */
-	int over;         /* more than cap arrived */
-	json_t *value;
-};
+static void req_free(struct req *r)
+{
+	if (r->h)
+		curl_easy_cleanup(r->h);
+	curl_slist_free_all(r->hdr);
+	free(r->post);
+	free(r->b.buf);
+	json_decref(r->b.value);
+	free(r);
+}
+
+/* The one place a check ends: count it, tell the caller, forget it. */
+static void req_answer(struct req *r, enum admission_result res)
+{
+	__atomic_add_fetch(&adm.count[res], 1, __ATOMIC_RELAXED);
+	if (res == ADMISSION_ABANDONED)
+		log_debug("derp: %s: client nodekey:%s left before its admission was decided",
+			  r->peer, r->hex);
+	r->done(r->arg, res == ADMISSION_ADMITTED || res == ADMISSION_FAILED_OPEN);
+	req_free(r);
+}
+
+static void refuse(struct req *r, const char *why)
+{
+	log_info("derp: %s: client nodekey:%s rejected: %s", r->peer, r->hex, why);
+	req_answer(r, ADMISSION_REFUSED);
+}
+
+/* ---- one HTTP exchange ---- */
 
 static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 {
@@ -138,8 +179,21 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 		b->over = 1;
 		n = room;
 	}
+	if (b->len + n + 1 > b->size) { /* grow as bytes come: a whois body is usually small */
+		size_t size = b->size ? b->size : 1024;
+		while (size < b->len + n + 1)
+			size *= 2;
+		if (size > b->cap + 1)
+			size = b->cap + 1;
+		char *nb = realloc(b->buf, size);
+		if (!nb)
+			return 0;
+		b->buf = nb;
+		b->size = size;
+	}
 	memcpy(b->buf + b->len, p, n);
 	b->len += n;
+	b->buf[b->len] = '\0';
 	if (b->json_stop) {
 		json_error_t je;
 		json_t *v = json_loadb(b->buf, b->len, JSON_DECODE_ANY | JSON_DISABLE_EOF_CHECK |
@@ -155,93 +209,140 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 	return b->over ? 0 : sz * nm;
 }
 
-static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+/* Just before a request goes out (after connecting): not for a client that has left. */
+static int on_prereq(void *ud, char *a, char *b, int c, int d)
 {
-	(void)ud, (void)a, (void)b, (void)c, (void)d;
-	return __atomic_load_n(&adm.stopping, __ATOMIC_RELAXED); /* nonzero aborts */
+	(void)a, (void)b, (void)c, (void)d;
+	return req_gone(ud) ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
 }
 
-/* Common easy-handle setup; returns the handle's header list (caller frees). */
-static struct curl_slist *setup(CURL *h, const char *url, struct body *b, long timeout_ms,
-				char *errbuf)
+/* Set r up for its next stage and hand it to the multi handle. 0, or -1 (no memory). */
+static int xfer_start(struct req *r, int stage)
 {
-	struct curl_slist *hdr = NULL;
-
+	curl_slist_free_all(r->hdr);
+	r->hdr = NULL;
+	free(r->b.buf);
+	json_decref(r->b.value);
+	memset(&r->b, 0, sizeof r->b);
+	r->errbuf[0] = '\0';
+	r->stage = stage;
+	if (!r->h && !(r->h = curl_easy_init()))
+		return -1;
+	CURL *h = r->h;
 	curl_easy_reset(h);
-	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_PRIVATE, r);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
-	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &r->b);
+	curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
+	curl_easy_setopt(h, CURLOPT_PREREQDATA, r);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, r->errbuf);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	/* Go sends neither of these */
-	hdr = curl_slist_append(hdr, "Accept:");
-	hdr = curl_slist_append(hdr, "Expect:");
-	return hdr;
+	r->hdr = curl_slist_append(r->hdr, "Accept:");
+	r->hdr = curl_slist_append(r->hdr, "Expect:");
+	if (stage == STAGE_WHOIS) {
+		/* GET /localapi/v0/whois?addr=nodekey%3A<hex> over tailscaled's unix socket */
+		char url[160];
+		snprintf(url, sizeof url,
+			 "http://local-tailscaled.sock/localapi/v0/whois?addr=nodekey%%3A%s", r->hex);
+		r->b.cap = WHOIS_BODY_MAX;
+		r->hdr = curl_slist_append(r->hdr, "Tailscale-Cap: " TAILSCALE_CAP);
+		curl_easy_setopt(h, CURLOPT_URL, url);
+		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)WHOIS_TIMEOUT_MS);
+		curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, adm.socket);
+	} else {
+		/* POST {"NodePublic":"nodekey:<hex>","Source":"<ip>"}, compact, in this order */
+		char nk[80];
+		snprintf(nk, sizeof nk, "nodekey:%s", r->hex);
+		json_t *o = json_pack("{s:s, s:s}", "NodePublic", nk, "Source", r->src);
+		r->post = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+		json_decref(o);
+		if (!r->post)
+			return -1;
+		r->b.cap = WEBHOOK_BODY_MAX;
+		r->b.json_stop = 1;
+		r->hdr = curl_slist_append(r->hdr, "Content-Type:"); /* Go's client sets none */
+		curl_easy_setopt(h, CURLOPT_URL, adm.url);
+		curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)WEBHOOK_TIMEOUT_MS);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->post);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(r->post));
+		curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L); /* as http.DefaultClient */
+		curl_easy_setopt(h, CURLOPT_MAXREDIRS, 10L);
+	}
+	if (!r->hdr)
+		return -1;
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->hdr);
+	if (curl_multi_add_handle(adm.multi, h) != CURLM_OK)
+		return -1;
+	r->prev = NULL;
+	r->next = inflight;
+	if (inflight)
+		inflight->prev = r;
+	inflight = r;
+	ninflight++;
+	return 0;
 }
 
-/* ---- -verify-clients: GET /localapi/v0/whois?addr=nodekey%3A<hex> ---- */
-
-/* 0 admit, -1 refuse with why. */
-static int check_tailscaled(CURL *h, const struct req *r, const char *hex, char *why,
-			    size_t whylen)
+static void xfer_unlink(struct req *r)
 {
-	char url[160], errbuf[CURL_ERROR_SIZE] = "";
-	struct body b = { .cap = WHOIS_BODY_MAX };
-	struct curl_slist *hdr;
-	long status = 0;
-	CURLcode rc;
-	int ok = -1;
+	curl_multi_remove_handle(adm.multi, r->h);
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		inflight = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	r->next = r->prev = NULL;
+	ninflight--;
+}
 
-	(void)r;
-	if (!(b.buf = malloc(b.cap + 1))) {
-		snprintf(why, whylen, "failed to query local tailscaled status for nodekey:%s: "
-			 "out of memory", hex);
-		return -1;
-	}
-	snprintf(url, sizeof url, "http://local-tailscaled.sock/localapi/v0/whois?addr=nodekey%%3A%s",
-		 hex);
-	hdr = setup(h, url, &b, WHOIS_TIMEOUT_MS, errbuf);
-	hdr = curl_slist_append(hdr, "Tailscale-Cap: " TAILSCALE_CAP);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-	curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, adm.socket);
-	rc = curl_easy_perform(h);
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-	curl_slist_free_all(hdr);
-	b.buf[b.len] = '\0';
+static const char *xfer_error(const struct req *r, CURLcode rc)
+{
+	return r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
+}
+
+/* tailscaled answered (or failed): admit to the next stage, or refuse. */
+static void whois_done(struct req *r, CURLcode rc, long status)
+{
+	char why[512];
+
 	if (rc != CURLE_OK) {
-		snprintf(why, whylen, "failed to query local tailscaled status for nodekey:%s: %s",
-			 hex, b.over ? "response too large" : errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		snprintf(why, sizeof why, "failed to query local tailscaled status for nodekey:%s: %s",
+			 r->hex, r->b.over ? "response too large" : xfer_error(r, rc));
 	} else if (status == 404) {
-		snprintf(why, whylen, "peer nodekey:%s not authorized (not found in local tailscaled)",
-			 hex);
+		snprintf(why, sizeof why,
+			 "peer nodekey:%s not authorized (not found in local tailscaled)", r->hex);
 	} else if (status != 200) {
-		if (strstr(b.buf, "invalid 'addr' parameter")) /* upstream issue 12617 */
-			snprintf(why, whylen,
+		if (r->b.buf && strstr(r->b.buf, "invalid 'addr' parameter")) /* upstream 12617 */
+			snprintf(why, sizeof why,
 				 "tailscaled version is too old (out of sync with derper binary)");
 		else
-			snprintf(why, whylen, "failed to query local tailscaled status for nodekey:%s: "
-				 "HTTP %ld: %.200s", hex, status, b.buf);
+			snprintf(why, sizeof why, "failed to query local tailscaled status for "
+				 "nodekey:%s: HTTP %ld: %.200s", r->hex, status,
+				 r->b.buf ? r->b.buf : "");
 	} else {
 		/* upstream decodes the whole body into a WhoIsResponse */
 		json_error_t je;
-		json_t *v = json_loadb(b.buf, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-		if (v && (json_is_object(v) || json_is_null(v)))
-			ok = 0;
-		else
-			snprintf(why, whylen, "failed to query local tailscaled status for nodekey:%s: "
-				 "bad whois response: %s", hex, v ? "not an object" : je.text);
+		json_t *v = json_loadb(r->b.buf ? r->b.buf : "", r->b.len,
+				       JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+		int ok = v && (json_is_object(v) || json_is_null(v));
+		if (!ok)
+			snprintf(why, sizeof why, "failed to query local tailscaled status for "
+				 "nodekey:%s: bad whois response: %s", r->hex,
+				 v ? "not an object" : je.text);
 		json_decref(v);
+		if (ok) {
+			if (!adm.url)
+				req_answer(r, ADMISSION_ADMITTED);
+			else if (xfer_start(r, STAGE_HOOK) != 0)
+				refuse(r, "admission controller: out of memory");
+			return;
+		}
 	}
-	free(b.buf);
-	return ok;
+	refuse(r, why);
 }
-
-/* ---- -verify-client-url: POST {"NodePublic":"nodekey:<hex>","Source":"<ip>"} ---- */
 
 /* The decoded reply allows the client: an object whose "Allow" (any case, last one wins)
  * is true. A non-boolean Allow is a decode error in Go. */
@@ -264,132 +365,163 @@ static int reply_allows(json_t *v)
 	return allow;
 }
 
-/* 0 admit, -1 refuse with why. */
-static int check_webhook(CURL *h, const struct req *r, const char *hex, char *why, size_t whylen)
+static void hook_done(struct req *r, CURLcode rc, long status)
 {
-	char nk[80], *post, errbuf[CURL_ERROR_SIZE] = "", buf[WEBHOOK_BODY_MAX + 1];
-	struct body b = { .buf = buf, .cap = WEBHOOK_BODY_MAX, .json_stop = 1 };
-	struct curl_slist *hdr;
-	long status = 0;
-	CURLcode rc;
-	int ok = -1;
+	char why[512];
 
-	/* {"NodePublic":"nodekey:<hex>","Source":"<ip>"}, compact and in this order, as Go */
-	snprintf(nk, sizeof nk, "nodekey:%s", hex);
-	json_t *o = json_pack("{s:s, s:s}", "NodePublic", nk, "Source", r->src);
-	post = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-	json_decref(o);
-	if (!post) {
-		snprintf(why, whylen, "admission controller: out of memory");
-		return -1;
-	}
-	hdr = setup(h, adm.url, &b, WEBHOOK_TIMEOUT_MS, errbuf);
-	hdr = curl_slist_append(hdr, "Content-Type:"); /* Go's client sets none */
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, post);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(post));
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L); /* as http.DefaultClient */
-	curl_easy_setopt(h, CURLOPT_MAXREDIRS, 10L);
-	rc = curl_easy_perform(h);
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-	curl_slist_free_all(hdr);
-	free(post);
 	if (rc != CURLE_OK && status == 0) {
 		/* no response at all: a transport error, where fail-open decides */
-		const char *e = errbuf[0] ? errbuf : curl_easy_strerror(rc);
-		if (adm.fail_open && !__atomic_load_n(&adm.stopping, __ATOMIC_RELAXED)) {
+		if (adm.fail_open) {
 			log_info("admission controller unreachable; allowing client nodekey:%s (%s)",
-				 hex, e);
-			ok = 0;
-		} else {
-			snprintf(why, whylen, "admission controller: %s", e);
+				 r->hex, xfer_error(r, rc));
+			req_answer(r, ADMISSION_FAILED_OPEN);
+			return;
 		}
+		snprintf(why, sizeof why, "admission controller: %s", xfer_error(r, rc));
 	} else if (status != 200) {
-		snprintf(why, whylen, "admission controller: HTTP %ld", status);
-	} else if (!b.got_value) {
-		snprintf(why, whylen, "admission controller: bad response body (%s)",
-			 rc == CURLE_OK || b.len == b.cap ? "no complete JSON value in the first 4 KiB" :
-			 errbuf[0] ? errbuf : curl_easy_strerror(rc));
-	} else if (!reply_allows(b.value)) {
-		snprintf(why, whylen, "admission controller: nodekey:%s/%s not allowed", hex, r->src);
+		snprintf(why, sizeof why, "admission controller: HTTP %ld", status);
+	} else if (!r->b.got_value) {
+		snprintf(why, sizeof why, "admission controller: bad response body (%s)",
+			 rc == CURLE_OK || r->b.len == r->b.cap ?
+			 "no complete JSON value in the first 4 KiB" : xfer_error(r, rc));
+	} else if (!reply_allows(r->b.value)) {
+		snprintf(why, sizeof why, "admission controller: nodekey:%s/%s not allowed", r->hex,
+			 r->src);
 	} else {
-		ok = 0;
+		req_answer(r, ADMISSION_ADMITTED);
+		return;
 	}
-	json_decref(b.value);
-	return ok;
+	refuse(r, why);
 }
 
-/* ---- threads ---- */
-
-static int decide(CURL *ts, CURL *wh, const struct req *r)
+static void xfer_done(struct req *r, CURLcode rc)
 {
-	char hex[65], why[512] = "";
-	int ok = 0;
+	long status = 0;
 
-	key_hex(r->key, hex);
-	if (adm.verify_clients)
-		ok = check_tailscaled(ts, r, hex, why, sizeof why);
-	if (ok == 0 && adm.url)
-		ok = check_webhook(wh, r, hex, why, sizeof why);
-	if (ok != 0)
-		log_info("derp: %s: client nodekey:%s rejected: %s", r->peer, hex, why);
-	return ok == 0;
+	curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &status);
+	xfer_unlink(r);
+	if (req_gone(r))
+		req_answer(r, ADMISSION_ABANDONED); /* whatever the answer: nobody to tell */
+	else if (r->stage == STAGE_WHOIS)
+		whois_done(r, rc, status);
+	else
+		hook_done(r, rc, status);
+}
+
+/* ---- the checker thread ---- */
+
+/* Take pending checks into free slots; checks whose client has gone are dropped, and
+ * with sweep every pending and in-flight one is looked at. Answers the busy refusals. */
+static void checker_fill(int sweep)
+{
+	struct req *drop = NULL, *start = NULL, **tail = &start, *prev = NULL, *busy;
+	int room = adm.inflight_max - ninflight;
+
+	if (sweep) {
+		for (struct req *r = inflight, *next; r; r = next) {
+			next = r->next;
+			if (req_gone(r)) {
+				xfer_unlink(r);
+				r->next = drop;
+				drop = r;
+			}
+		}
+	}
+	pthread_mutex_lock(&adm.mu);
+	busy = adm.busy;
+	adm.busy = NULL;
+	for (struct req *r = adm.pend_head, *next; r && (room > 0 || sweep); r = next) {
+		next = r->next;
+		int gone = req_gone(r);
+		if (!gone && room <= 0) {
+			prev = r; /* sweeping on: it keeps its place */
+			continue;
+		}
+		if (prev) /* out of the pending list: dropped or started */
+			prev->next = next;
+		else
+			adm.pend_head = next;
+		if (adm.pend_tail == r)
+			adm.pend_tail = prev;
+		adm.npend--;
+		if (gone) {
+			r->next = drop;
+			drop = r;
+		} else {
+			r->next = NULL;
+			*tail = r;
+			tail = &r->next;
+			room--;
+		}
+	}
+	pthread_mutex_unlock(&adm.mu);
+	while (busy) {
+		struct req *r = busy;
+		busy = r->next;
+		req_answer(r, ADMISSION_BUSY);
+	}
+	while (drop) {
+		struct req *r = drop;
+		drop = r->next;
+		req_answer(r, ADMISSION_ABANDONED);
+	}
+	while (start) {
+		struct req *r = start;
+		start = r->next;
+		if (xfer_start(r, adm.verify_clients ? STAGE_WHOIS : STAGE_HOOK) != 0)
+			refuse(r, "admission: out of memory");
+	}
 }
 
 static void *checker_main(void *unused)
 {
-	CURL *ts = curl_easy_init(), *wh = curl_easy_init();
-
 	(void)unused;
-	for (;;) {
-		struct req *r;
-		int allow = 0;
-		pthread_mutex_lock(&adm.mu);
-		while (!adm.work.head && !adm.stopping)
-			pthread_cond_wait(&adm.cv_work, &adm.mu);
-		r = list_pop(&adm.work);
-		int stopping = adm.stopping;
-		pthread_mutex_unlock(&adm.mu);
-		if (!r)
-			break; /* stopping and nothing left */
-		if (!stopping && ts && wh)
-			allow = decide(ts, wh, r);
-		r->done(r->arg, allow);
-		free(r);
+	while (!__atomic_load_n(&adm.stopping, __ATOMIC_ACQUIRE)) {
+		int running, msgs, finished = 0;
+		checker_fill(__atomic_exchange_n(&adm.sweep, 0, __ATOMIC_ACQ_REL));
+		curl_multi_perform(adm.multi, &running);
+		for (CURLMsg *m; (m = curl_multi_info_read(adm.multi, &msgs));) {
+			if (m->msg != CURLMSG_DONE)
+				continue;
+			char *r = NULL;
+			curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &r);
+			xfer_done((struct req *)r, m->data.result);
+			finished = 1;
+		}
+		if (!finished) /* else refill the freed slots first */
+			curl_multi_poll(adm.multi, NULL, 0, 1000, NULL);
 	}
-	curl_easy_cleanup(ts);
-	curl_easy_cleanup(wh);
-	return NULL;
-}
-
-/* Answers decisions made without a check (queue full) so that done() is never called
- * from inside admission_check, even when every checker is stuck on a slow webhook. */
-static void *notifier_main(void *unused)
-{
-	(void)unused;
-	for (;;) {
-		struct req *r;
-		pthread_mutex_lock(&adm.mu);
-		while (!adm.decided.head && !adm.stopping)
-			pthread_cond_wait(&adm.cv_decided, &adm.mu);
-		r = list_pop(&adm.decided);
-		int stopping = adm.stopping;
-		pthread_mutex_unlock(&adm.mu);
-		if (!r)
-			break;
-		r->done(r->arg, stopping ? 0 : r->allow);
-		free(r);
+	/* stopping: everything still open is refused */
+	while (inflight) {
+		struct req *r = inflight;
+		xfer_unlink(r);
+		req_answer(r, ADMISSION_ABANDONED);
+	}
+	pthread_mutex_lock(&adm.mu);
+	struct req *pend = adm.pend_head, *busy = adm.busy;
+	adm.pend_head = adm.pend_tail = adm.busy = NULL;
+	adm.npend = 0;
+	pthread_mutex_unlock(&adm.mu);
+	while (pend) {
+		struct req *r = pend;
+		pend = r->next;
+		req_answer(r, ADMISSION_ABANDONED);
+	}
+	while (busy) {
+		struct req *r = busy;
+		busy = r->next;
+		req_answer(r, ADMISSION_BUSY);
 	}
 	return NULL;
 }
 
-/* Only when no admission thread exists (never started, or stopped). */
+/* Only when no checker runs (never started, or stopped). */
 static void *late_main(void *p)
 {
 	struct req *r = p;
 
 	r->done(r->arg, r->allow);
-	free(r);
+	req_free(r);
 	return NULL;
 }
 
@@ -407,12 +539,12 @@ int admission_start(const struct config *cfg, char *err, size_t errlen)
 	if (!verify && (!url || !url[0]))
 		return 0;
 	pthread_mutex_lock(&adm.mu);
-	if (adm.state == ST_RUNNING) {
-		pthread_mutex_unlock(&adm.mu);
+	int state = adm.state;
+	pthread_mutex_unlock(&adm.mu);
+	if (state == ST_RUNNING) {
 		snprintf(err, errlen, "admission: already started");
 		return -1;
 	}
-	pthread_mutex_unlock(&adm.mu);
 	pthread_once(&once, curl_once);
 	free(adm.url);
 	free(adm.socket);
@@ -422,20 +554,17 @@ int admission_start(const struct config *cfg, char *err, size_t errlen)
 	adm.verify_clients = verify;
 	adm.fail_open = cfg->verify_client_url_fail_open;
 	__atomic_store_n(&adm.stopping, 0, __ATOMIC_RELAXED);
-	adm.nth = 0;
-	if ((url && url[0] && !adm.url) || !adm.socket) {
+	if ((url && url[0] && !adm.url) || !adm.socket || !(adm.multi = curl_multi_init())) {
 		snprintf(err, errlen, "admission: out of memory");
 		return -1;
 	}
-	for (int i = 0; i < ADM_THREADS + 1; i++) {
-		if (pthread_create(&adm.th[i], NULL, i < ADM_THREADS ? checker_main : notifier_main,
-				   NULL) != 0) {
-			snprintf(err, errlen, "admission: cannot start threads");
-			admission_stop();
-			return -1;
-		}
-		adm.nth++;
+	if (pthread_create(&adm.th, NULL, checker_main, NULL) != 0) {
+		curl_multi_cleanup(adm.multi);
+		adm.multi = NULL;
+		snprintf(err, errlen, "admission: cannot start its thread");
+		return -1;
 	}
+	adm.have_th = 1;
 	pthread_mutex_lock(&adm.mu);
 	adm.state = ST_RUNNING;
 	pthread_mutex_unlock(&adm.mu);
@@ -450,8 +579,23 @@ int admission_enabled(void)
 	return on;
 }
 
+/* Under adm.mu: a refusal because derpd is busy, logged once a second with a count. */
+static void busy_log(const struct req *r)
+{
+	int64_t now = mono_ms();
+
+	adm.busy_unlogged++;
+	if (now - adm.busy_log_ms < BUSY_LOG_MS)
+		return;
+	log_info("derp: %s: admission queue full (%d checks waiting); refusing client nodekey:%s"
+		 " (%lld refused since the last such line)", r->peer, adm.npend, r->hex,
+		 (long long)adm.busy_unlogged);
+	adm.busy_log_ms = now;
+	adm.busy_unlogged = 0;
+}
+
 void admission_check(const uint8_t key[32], const struct sockaddr *peer, socklen_t peerlen,
-		     void (*done)(void *arg, int allow), void *arg)
+		     const uint8_t *gone, void (*done)(void *arg, int allow), void *arg)
 {
 	struct req *r = calloc(1, sizeof *r);
 	pthread_t t;
@@ -459,53 +603,88 @@ void admission_check(const uint8_t key[32], const struct sockaddr *peer, socklen
 	if (!r) {
 		/* nowhere to keep the request: the one case answered in the caller's thread */
 		log_info("admission: out of memory; refusing client");
+		__atomic_add_fetch(&adm.count[ADMISSION_BUSY], 1, __ATOMIC_RELAXED);
 		done(arg, 0);
 		return;
 	}
 	memcpy(r->key, key, 32);
+	key_hex(key, r->hex);
 	format_peer(peer, peerlen, r);
+	r->gone = gone;
 	r->done = done;
 	r->arg = arg;
 	pthread_mutex_lock(&adm.mu);
 	if (adm.state == ST_RUNNING) {
-		if (adm.work.n < ADM_QUEUE_MAX) {
-			list_push(&adm.work, r);
-			pthread_cond_signal(&adm.cv_work);
+		if (adm.npend >= adm.pending_max) {
+			/* busy is no reason to admit: refuse, and let the client come back */
+			busy_log(r);
+			r->next = adm.busy;
+			adm.busy = r;
 		} else {
-			/* as if unreachable: tailscaled errors refuse, the webhook's fail-open decides */
-			char hex[65];
-			key_hex(key, hex);
-			r->allow = !adm.verify_clients && adm.fail_open;
-			log_info("derp: %s: admission queue full; %s client nodekey:%s", r->peer,
-				 r->allow ? "allowing" : "refusing", hex);
-			list_push(&adm.decided, r);
-			pthread_cond_signal(&adm.cv_decided);
+			if (adm.pend_tail)
+				adm.pend_tail->next = r;
+			else
+				adm.pend_head = r;
+			adm.pend_tail = r;
+			adm.npend++;
 		}
+		curl_multi_wakeup(adm.multi);
 		pthread_mutex_unlock(&adm.mu);
 		return;
 	}
 	r->allow = adm.state == ST_IDLE; /* nothing configured: admit; stopped: refuse */
 	pthread_mutex_unlock(&adm.mu);
+	/* rare: a thread of its own, so done() still never runs inside admission_check */
 	if (pthread_create(&t, NULL, late_main, r) == 0) {
 		pthread_detach(t);
 	} else {
 		done(arg, r->allow);
-		free(r);
+		req_free(r);
 	}
+}
+
+void admission_gone(uint8_t *gone)
+{
+	__atomic_store_n(gone, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&adm.sweep, 1, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&adm.mu);
+	if (adm.state == ST_RUNNING)
+		curl_multi_wakeup(adm.multi);
+	pthread_mutex_unlock(&adm.mu);
+}
+
+void admission_counters_get(uint64_t out[ADMISSION_NRESULTS])
+{
+	for (int i = 0; i < ADMISSION_NRESULTS; i++)
+		out[i] = __atomic_load_n(&adm.count[i], __ATOMIC_RELAXED);
+}
+
+const char *const admission_result_name[ADMISSION_NRESULTS] = {
+	"admitted", "refused", "failed_open", "abandoned", "busy",
+};
+
+void admission_limits_for_tests(int inflight_max, int pending_max)
+{
+	adm.inflight_max = inflight_max > 0 ? inflight_max : ADM_INFLIGHT_MAX;
+	adm.pending_max = pending_max > 0 ? pending_max : ADM_PENDING_MAX;
 }
 
 void admission_stop(void)
 {
 	pthread_mutex_lock(&adm.mu);
-	__atomic_store_n(&adm.stopping, 1, __ATOMIC_RELAXED);
-	if (adm.state == ST_RUNNING)
+	__atomic_store_n(&adm.stopping, 1, __ATOMIC_RELEASE);
+	if (adm.state == ST_RUNNING) {
 		adm.state = ST_STOPPED;
-	pthread_cond_broadcast(&adm.cv_work);
-	pthread_cond_broadcast(&adm.cv_decided);
+		curl_multi_wakeup(adm.multi);
+	}
 	pthread_mutex_unlock(&adm.mu);
-	/* the checkers abort a transfer in flight (progress callback) and answer what is
-	 * left with allow=0 before they exit */
-	for (int i = 0; i < adm.nth; i++)
-		pthread_join(adm.th[i], NULL);
-	adm.nth = 0;
+	/* the checker cuts what is in flight and answers everything left with allow=0 */
+	if (adm.have_th) {
+		pthread_join(adm.th, NULL);
+		adm.have_th = 0;
+	}
+	if (adm.multi) {
+		curl_multi_cleanup(adm.multi);
+		adm.multi = NULL;
+	}
 }

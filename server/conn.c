@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "server/admission.h"
 #include "server/frame.h"
 #include "server/key.h"
 #include "server/log.h"
@@ -298,6 +299,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	worker_conn_unlink(w, c);
 	if (c->admitting) {
 		c->admitting = 2;
+		admission_gone(&c->admit_gone); /* its check is not sent, or is cut off */
 		return;
 	}
 	c->next = w->grave;

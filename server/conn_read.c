@@ -309,7 +309,18 @@ int conn_ensure_space(struct conn *c)
 	return 0;
 }
 
+static void read_some(struct conn *c);
+
 void conn_on_readable(struct conn *c)
+{
+	read_some(c);
+	/* Nothing is read while admission is asked, so a client that closed (or shut its
+	 * side) meanwhile is noticed here: it has left, and its check must not be sent. */
+	if (c->state != CS_CLOSED && c->admitting == 1 && c->peer_shut)
+		conn_close(c, "client left while admission was asked");
+}
+
+static void read_some(struct conn *c)
 {
 	if (c->held.c)
 		return; /* it waits on the backlog until its packet is delivered (more_run) */

@@ -179,8 +179,9 @@ static int ask_admission(struct conn *c)
 		return -1;
 	a->c = c;
 	c->admitting = 1;
+	c->admit_gone = 0;
 	conn_peer(c, &peer, &plen);
-	admission_check(c->key, (struct sockaddr *)&peer, plen, admission_done, a);
+	admission_check(c->key, (struct sockaddr *)&peer, plen, &c->admit_gone, admission_done, a);
 	return 0;
 }
 

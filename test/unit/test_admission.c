@@ -312,6 +312,7 @@ struct result {
 	pthread_cond_t cv;
 	int calls, allow, on_main;
 	int64_t at;
+	uint8_t gone; /* the client left (admission_gone) */
 };
 
 static void on_done(void *arg, int allow)
@@ -382,7 +383,7 @@ static void ask(struct result *r, int mode, int salt)
 
 	make_key(key, mode, salt);
 	result_init(r);
-	admission_check(key, sa, sl, on_done, r);
+	admission_check(key, sa, sl, &r->gone, on_done, r);
 }
 
 /* One synchronous question. */
@@ -543,7 +544,7 @@ static void test_webhook_request(void **state)
 	key_hex(key, hex);
 	for (size_t i = 0; i < sizeof peers / sizeof *peers; i++) {
 		result_init(&r);
-		admission_check(key, peers[i].sa, peers[i].len, on_done, &r);
+		admission_check(key, peers[i].sa, peers[i].len, &r.gone, on_done, &r);
 		assert_int_equal(result_wait(&r, 5000), 1);
 		const char *req = request((int)i);
 		assert_true(strncmp(req, "POST /hook HTTP/1.1\r\n", 21) == 0);
@@ -667,29 +668,35 @@ static void test_both(void **state)
 	stop();
 }
 
-/* Queue full: decided at once as unreachable (fail-open admits, otherwise refused).
- * admission_stop answers everything still pending with allow=0, promptly, exactly once. */
+/* Queue full: refused at once, never admitted unchecked (whatever fail-open says), and
+ * counted as busy. admission_stop answers everything still pending with allow=0,
+ * promptly, exactly once. (Small limits; derpd's are 512 in flight, 4096 waiting.) */
 static void test_queue_full_and_stop(void **state)
 {
 	(void)state;
-	enum { N = 4 + 1024 };
+	enum { FLIGHT = 4, WAIT = 16, N = FLIGHT + WAIT };
 	struct result *rs = calloc(N + 1, sizeof *rs);
+	uint64_t before[ADMISSION_NRESULTS], after[ADMISSION_NRESULTS];
 
+	admission_limits_for_tests(FLIGHT, WAIT);
 	for (int open = 1; open >= 0; open--) {
 		start(0, 1, open);
-		for (int i = 0; i < 4; i++)
+		admission_counters_get(before);
+		for (int i = 0; i < FLIGHT; i++)
 			ask(&rs[i], W_STALL_HEAD, i);
 		int64_t end = now_ms() + 5000;
-		while (requests() < 4 && now_ms() < end)
+		while (requests() < FLIGHT && now_ms() < end)
 			usleep(10000);
-		assert_int_equal(requests(), 4); /* four checks in flight, no more */
-		for (int i = 4; i < N; i++)
+		assert_int_equal(requests(), FLIGHT); /* four checks in flight, no more */
+		for (int i = FLIGHT; i < N; i++)
 			ask(&rs[i], W_STALL_HEAD, i);
 		int64_t t0 = now_ms();
 		ask(&rs[N], W_ALLOW, N);
-		assert_int_equal(result_wait(&rs[N], 2000), open);
+		assert_int_equal(result_wait(&rs[N], 2000), 0);
 		assert_true(now_ms() - t0 < 2000);
-		assert_int_equal(requests(), 4);
+		assert_int_equal(requests(), FLIGHT);
+		admission_counters_get(after);
+		assert_int_equal(after[ADMISSION_BUSY] - before[ADMISSION_BUSY], 1);
 		t0 = now_ms();
 		admission_stop();
 		for (int i = 0; i < N; i++) {
@@ -701,11 +708,47 @@ static void test_queue_full_and_stop(void **state)
 		assert_true(now_ms() - t0 < 3000);
 		release_stalls = 1;
 	}
+	admission_limits_for_tests(0, 0);
 	free(rs);
 	/* after stop: refused, still never in the caller's thread */
 	struct result late;
 	ask(&late, W_ALLOW, 77);
 	assert_int_equal(result_wait(&late, 2000), 0);
+}
+
+/* A client that leaves: a check still waiting for a slot is never sent, one in flight is
+ * cut off at once; both are answered allow=0 and counted as abandoned. A stalled check
+ * holds nobody else up: all slots but the stalled ones keep answering. */
+static void test_gone(void **state)
+{
+	(void)state;
+	struct result stalled, waiting, quick;
+	uint64_t before[ADMISSION_NRESULTS], after[ADMISSION_NRESULTS];
+
+	admission_limits_for_tests(1, 0);
+	start(0, 1, 1);
+	admission_counters_get(before);
+	ask(&stalled, W_STALL_HEAD, 1);
+	int64_t end = now_ms() + 5000;
+	while (requests() < 1 && now_ms() < end)
+		usleep(10000);
+	assert_int_equal(requests(), 1);
+	ask(&waiting, W_ALLOW, 2); /* no slot: it waits */
+	admission_gone(&waiting.gone);
+	int64_t t0 = now_ms();
+	assert_int_equal(result_wait(&waiting, 2000), 0);
+	admission_gone(&stalled.gone);
+	assert_int_equal(result_wait(&stalled, 2000), 0);
+	assert_true(now_ms() - t0 < 2000);
+	assert_int_equal(requests(), 1); /* the waiting one never went out */
+	admission_counters_get(after);
+	assert_int_equal(after[ADMISSION_ABANDONED] - before[ADMISSION_ABANDONED], 2);
+	assert_int_equal(after[ADMISSION_ADMITTED] - before[ADMISSION_ADMITTED], 0);
+	/* the slot is free again */
+	ask(&quick, W_ALLOW, 3);
+	assert_int_equal(result_wait(&quick, 2000), 1);
+	stop();
+	admission_limits_for_tests(0, 0);
 }
 
 /* One line per refusal, with the client and the reason. */
@@ -754,6 +797,7 @@ int main(void)
 		cmocka_unit_test(test_webhook_stalls),
 		cmocka_unit_test(test_both),
 		cmocka_unit_test(test_queue_full_and_stop),
+		cmocka_unit_test(test_gone),
 		cmocka_unit_test(test_log_lines),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
