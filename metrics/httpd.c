@@ -32,6 +32,7 @@
 
 static const struct config *cfg;
 static struct MHD_Daemon *main_daemon, *metrics_daemon;
+static struct conntab *main_tab, *metrics_tab;
 static int metrics_port;
 static int metrics_cls; /* on_request's cls: which listener */
 static int seen;        /* *state after a request's first call */
@@ -528,6 +529,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_size = 0;
 		return MHD_YES;
 	}
+	conntab_request_read(c);
 	if (!httpd_is_token(method)) /* Go refuses these; libmicrohttpd would route them */
 		return httpd_bad_request(c, "");
 	if (cls == NULL)
@@ -538,6 +540,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (strcmp(url, "/debug/varz") == 0)
 		return serve_scrape(c, 0, 0);
 	return httpd_error(c, 404, "404 page not found");
+}
+
+/* Request boundaries for conntab's read limit and idle list (port80.c has its own). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	(void)cls;
+	(void)uri;
+	conntab_request_begin(c);
+	return NULL; /* on_request's *state starts NULL */
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **state,
+			 enum MHD_RequestTerminationCode why)
+{
+	(void)cls;
+	(void)state;
+	(void)why;
+	conntab_request_end(c);
+}
+
+unsigned httpd_idle_timeout_s(int64_t read_ms)
+{
+	return read_ms < 1000 ? 1 : (unsigned)((read_ms + 999) / 1000);
 }
 
 void httpd_log(void *cls, const char *fmt, va_list ap)
@@ -630,28 +655,48 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 	if (debug_access_init(err, errlen) != 0)
 		return -1;
 	show_abuse_info = c && c->hostname && httpd_prod_hostname(c->hostname);
+	int64_t read_ms = c ? c->http_read_timeout_ms : 30000;
+	unsigned idle_s = httpd_idle_timeout_s(read_ms);
 	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_NO_LISTEN_SOCKET |
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	if (conntab_start() != 0)
+		return snprintf(err, errlen, "cannot start the HTTP reaper thread"), -1;
+	main_tab = conntab_new(HTTP_MAX_CONNECTIONS, read_ms, 1);
+	if (main_tab == NULL) {
+		httpd_stop();
+		return snprintf(err, errlen, "out of memory"), -1;
+	}
+	/* Go's IdleTimeout is its ReadTimeout: the idle timeout here; the whole-request read
+	 * limit is conntab's (libmicrohttpd restarts its timer on every byte). */
 	main_daemon = MHD_start_daemon(
 		flags, 0, NULL, NULL, on_request, NULL,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+		MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
+		MHD_OPTION_CONNECTION_LIMIT, conntab_mhd_limit(main_tab),
 		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_HEAD_MEMORY,
+		MHD_OPTION_NOTIFY_CONNECTION, conntab_notify, main_tab,
+		MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
 		MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_END);
-	if (main_daemon == NULL)
+	if (main_daemon == NULL) {
+		httpd_stop();
 		return snprintf(err, errlen, "libmicrohttpd: cannot start the HTTP daemon"), -1;
+	}
 	if (c && c->metrics_addr && c->metrics_addr[0]) {
 		int fd = listen_on(c->metrics_addr, err, errlen);
 		if (fd < 0) {
 			httpd_stop();
 			return -1;
 		}
-		metrics_daemon = MHD_start_daemon(
-			MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request,
-			&metrics_cls, MHD_OPTION_LISTEN_SOCKET, fd,
-			MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
-			MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+		metrics_tab = conntab_new(64, read_ms, 0);
+		metrics_daemon = metrics_tab == NULL ? NULL : MHD_start_daemon(
+			MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, conntab_accept_policy,
+			metrics_tab, on_request, &metrics_cls, MHD_OPTION_LISTEN_SOCKET, fd,
+			MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
+			MHD_OPTION_CONNECTION_LIMIT, conntab_mhd_limit(metrics_tab),
+			MHD_OPTION_NOTIFY_CONNECTION, conntab_notify, metrics_tab,
+			MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+			MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
 			MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_END);
 		if (metrics_daemon == NULL) {
 			close(fd);
@@ -670,6 +715,20 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 		return -1;
 	}
 	return 0;
+}
+
+/* Answer a connection libmicrohttpd will not see, and close it. The head was only
+ * peeked: read what is there first, or the close would reset the connection and the
+ * client might never see the answer. */
+static void answer_and_close(int fd, const char *resp, size_t len)
+{
+	char sink[4096];
+	for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++)
+		;
+	if (send(fd, resp, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		log_debug("http: answer before close: %s", strerror(errno));
+	shutdown(fd, SHUT_WR);
+	close(fd);
 }
 
 /* libmicrohttpd cuts header values at a NUL, so "X: a\0b" would reach a handler as "a".
@@ -712,12 +771,24 @@ int httpd_add_connection(int fd, const struct sockaddr *peer, socklen_t peerlen)
 		static const char bad[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; "
 					  "charset=utf-8\r\nConnection: close\r\nContent-Length: 15"
 					  "\r\n\r\n400 Bad Request";
-		if (send(fd, bad, sizeof bad - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-			log_debug("http: 400 to a bad head: %s", strerror(errno));
-		close(fd);
+		answer_and_close(fd, bad, sizeof bad - 1);
 		return 0;
 	}
-	return MHD_add_connection(main_daemon, fd, peer, peerlen) == MHD_YES ? 0 : -1;
+	if (!conntab_reserve(main_tab)) {
+		/* every slot is busy with a request in progress: Go would queue it without
+		 * bound; refusing keeps memory, descriptors and the daemon's thread bounded */
+		static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+					   "text/plain; charset=utf-8\r\nConnection: close\r\n"
+					   "Retry-After: 1\r\nContent-Length: 24\r\n\r\n"
+					   "503 Service Unavailable\n";
+		answer_and_close(fd, busy, sizeof busy - 1);
+		return 0;
+	}
+	if (MHD_add_connection(main_daemon, fd, peer, peerlen) != MHD_YES) {
+		conntab_unreserve(main_tab, 1); /* e.g. the per-address limit; fd is closed */
+		return -1;
+	}
+	return 0;
 }
 
 int httpd_metrics_port(void)
@@ -727,6 +798,7 @@ int httpd_metrics_port(void)
 
 void httpd_stop(void)
 {
+	conntab_stop(); /* nothing shuts a socket down while the daemons close them */
 	traffic_shutdown();
 	if (metrics_daemon) {
 		MHD_stop_daemon(metrics_daemon);
@@ -737,6 +809,9 @@ void httpd_stop(void)
 		MHD_stop_daemon(main_daemon);
 		main_daemon = NULL;
 	}
+	conntab_free(main_tab);
+	conntab_free(metrics_tab);
+	main_tab = metrics_tab = NULL;
 	bootstrap_dns_stop();
 	metrics_port = 0;
 }

@@ -31,6 +31,42 @@ void mbuf_go_float(struct mbuf *b, double v);
 /* The same into a fixed buffer; returns the length. */
 size_t go_float_format(char *out, size_t n, double v);
 
+/* ---- connection accounting for the HTTP daemons (conntab.c) ---- */
+/* One table per daemon: admission under a limit (closing the longest-idle keep-alive
+ * connection to make room), whole-request read deadlines, counters. Hook it into the
+ * daemon with MHD_OPTION_CONNECTION_LIMIT conntab_mhd_limit(t),
+ * MHD_OPTION_NOTIFY_CONNECTION conntab_notify t, and the request_* calls below. */
+struct conntab;
+/* external: connections arrive by MHD_add_connection (conntab_reserve first); else the
+ * daemon accepts them itself (pass conntab_accept_policy, t as MHD_start_daemon's apc). */
+struct conntab *conntab_new(unsigned limit, int64_t read_ms, int external);
+/* After MHD_stop_daemon of its daemon. */
+void conntab_free(struct conntab *t);
+/* libmicrohttpd's own limit: above what conntab ever admits, so 0.9.75's lock leak on
+ * reaching it (see conntab.c) cannot happen. */
+unsigned conntab_mhd_limit(const struct conntab *t);
+/* A slot for one MHD_add_connection (1), or 0: over the limit, refuse it (counted). */
+int conntab_reserve(struct conntab *t);
+/* MHD_add_connection failed after conntab_reserve; refused: count it as refused. */
+void conntab_unreserve(struct conntab *t, int refused);
+enum MHD_Result conntab_accept_policy(void *cls, const struct sockaddr *addr, socklen_t len);
+void conntab_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+		    enum MHD_ConnectionNotificationCode code);
+/* A request line arrived (URI log callback): its read limit starts. */
+void conntab_request_begin(struct MHD_Connection *c);
+/* The request is read (the handler's last call): no read limit while answering. */
+void conntab_request_read(struct MHD_Connection *c);
+/* Its response went out (NOTIFY_COMPLETED): idle keep-alive, may give its place up. */
+void conntab_request_end(struct MHD_Connection *c);
+/* The reaper thread that enforces read deadlines (every 100 ms). */
+int conntab_start(void);
+void conntab_stop(void);
+struct conntab_counters {
+	uint64_t refused, evicted, read_timeouts;
+	int64_t open;
+};
+void conntab_counters_get(struct conntab_counters *c);
+
 /* ---- bootstrap DNS (bootstrap_dns.c, SERVER.md §9) ---- */
 struct bootstrap_dns_counters {
 	uint64_t requests, published_hits, published_misses;
@@ -82,6 +118,7 @@ struct metrics_snapshot {
 	unsigned tls_request_seen, tls_active_seen; /* bit per version: label exists */
 	int tls_mode;                               /* tls_listener_* exist only then */
 	uint64_t tls_accepted, tls_rejected;
+	struct conntab_counters http;               /* derpd_http_* (prom.c only) */
 	int rate_limit;                             /* --rate-config given */
 	/* process */
 	int64_t open_fds, max_fds, threads;
@@ -119,7 +156,6 @@ void traffic_shutdown(void);
 size_t traffic_parse_ss(const char *out, struct traffic_entry *e, size_t max);
 
 /* ---- the HTTP daemons (httpd.c, port80.c, SERVER.md §6) ---- */
-#define HTTP_TIMEOUT_S 30         /* derper's ReadTimeout / idle timeout */
 #define HTTP_MAX_CONNECTIONS 1024 /* HTTP only; DERP connections never count here */
 #define HTTP_PER_IP_LIMIT 64
 #define HTTP_HEAD_MEMORY (64 * 1024) /* request head limit per connection */
@@ -164,6 +200,8 @@ int httpd_listen_tcp(const char *host, const char *port, const char *what, int *
 /* port80.c: start TLS mode's plain-HTTP listener on <host of -a>:<-http-port>
  * (SERVER.md §6.6; httpd_port80_port() reports it). 0, or -1 with a message in err. */
 int port80_start(const struct config *c, char *err, size_t errlen);
+/* The idle timeout libmicrohttpd takes (whole seconds, at least 1) for a read limit. */
+unsigned httpd_idle_timeout_s(int64_t read_ms);
 void port80_stop(void);
 /* The bound on a streaming response on c: derper's port-80 WriteTimeout if c came in on
  * the port-80 listener, else 0 (none). */

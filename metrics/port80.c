@@ -23,6 +23,7 @@
 
 static const struct config *cfg;
 static struct MHD_Daemon *port80_daemon;
+static struct conntab *port80_tab;
 static int port80_port;
 static int seen; /* *state after a request's first call if the URI callback failed */
 
@@ -37,7 +38,7 @@ struct port80_req {
 static void *port80_uri_cb(void *cls, const char *uri, struct MHD_Connection *c)
 {
 	(void)cls;
-	(void)c;
+	conntab_request_begin(c);
 	size_t n = strlen(uri);
 	struct port80_req *rq = malloc(sizeof *rq + n + 1);
 	if (rq != NULL) {
@@ -52,8 +53,8 @@ static void port80_completed(void *cls, struct MHD_Connection *c, void **state,
 			     enum MHD_RequestTerminationCode why)
 {
 	(void)cls;
-	(void)c;
 	(void)why;
+	conntab_request_end(c);
 	if (*state != &seen)
 		free(*state);
 	*state = NULL;
@@ -309,6 +310,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_size = 0;
 		return MHD_YES;
 	}
+	conntab_request_read(c);
 	if (!httpd_is_token(method)) /* Go refuses these; libmicrohttpd would route them */
 		return httpd_bad_request(c, "");
 	return rq ? route_port80(c, rq->uri, url, method, version)
@@ -324,13 +326,15 @@ int port80_start(const struct config *c, char *err, size_t errlen)
 	int fd = httpd_listen_tcp(c->listen_host, port, what, &port80_port, err, errlen);
 	if (fd < 0)
 		return -1;
-	/* the main daemon's limits; suspend/resume for /debug/traffic; derper's 30 s
-	 * ReadTimeout as the idle timeout (its idle timeout defaults to that too) */
-	port80_daemon = MHD_start_daemon(
-		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
-		NULL, on_request, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+	/* the main daemon's limits and read limit (conntab); suspend/resume for
+	 * /debug/traffic; derper's ReadTimeout as the idle timeout (its IdleTimeout) */
+	port80_tab = conntab_new(HTTP_MAX_CONNECTIONS, c->http_read_timeout_ms, 0);
+	port80_daemon = port80_tab == NULL ? NULL : MHD_start_daemon(
+		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
+		conntab_accept_policy, port80_tab, on_request, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+		MHD_OPTION_CONNECTION_TIMEOUT, httpd_idle_timeout_s(c->http_read_timeout_ms),
+		MHD_OPTION_CONNECTION_LIMIT, conntab_mhd_limit(port80_tab),
+		MHD_OPTION_NOTIFY_CONNECTION, conntab_notify, port80_tab,
 		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_HEAD_MEMORY,
 		MHD_OPTION_URI_LOG_CALLBACK, port80_uri_cb, NULL,
@@ -338,6 +342,8 @@ int port80_start(const struct config *c, char *err, size_t errlen)
 		MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_END);
 	if (port80_daemon == NULL) {
 		close(fd);
+		conntab_free(port80_tab);
+		port80_tab = NULL;
 		return snprintf(err, errlen, "libmicrohttpd: cannot start the port-80 listener"), -1;
 	}
 	if (strchr(c->listen_host, ':'))
@@ -366,5 +372,7 @@ void port80_stop(void)
 		MHD_stop_daemon(port80_daemon);
 		port80_daemon = NULL;
 	}
+	conntab_free(port80_tab);
+	port80_tab = NULL;
 	port80_port = 0;
 }

@@ -122,6 +122,18 @@ void prom_write(struct mbuf *b, const struct metrics_snapshot *s)
 	one(b, "derpd_conn_moves_total", "counter",
 	    "Connections moved to the worker thread their packets go to.",
 	    (long long)d->conn_moves);
+	one(b, "derpd_http_connections", "gauge",
+	    "Connections open on the HTTP endpoints (not DERP), every listener.",
+	    (long long)s->http.open);
+	one(b, "derpd_http_connections_refused_total", "counter",
+	    "HTTP connections refused because every slot had a request in progress.",
+	    (long long)s->http.refused);
+	one(b, "derpd_http_connections_evicted_total", "counter",
+	    "Idle keep-alive HTTP connections closed to make room for a new one.",
+	    (long long)s->http.evicted);
+	one(b, "derpd_http_read_timeouts_total", "counter",
+	    "HTTP requests cut because they were not read within --http-read-timeout.",
+	    (long long)s->http.read_timeouts);
 	derp_counters(b, d);
 	onef(b, "derp_average_queue_duration_seconds", "gauge",
 	     "Moving average (alpha 0.1) of the time packets spent queued.",

@@ -123,6 +123,9 @@ static const struct flag_def flags[] = {
 	     "log per-connection detail"),
 	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
 	     "DERP keepalive frame period before per-connection jitter; must be > 0"),
+	FLAG("http-read-timeout", FT_DURATION, http_read_timeout_ms, 1, 1,
+	     "time limit for reading one HTTP request, head and body, on the non-DERP\n"
+	     "endpoints (derper's ReadTimeout); also the keep-alive idle timeout; > 0"),
 	FLAG("acme-directory", FT_STRING, acme_directory, 1, 1,
 	     "ACME directory URL; empty: Let's Encrypt production (-certmode gcp: Google's)"),
 	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 1,
@@ -434,6 +437,7 @@ static void config_defaults(struct config *cfg)
 	cfg->tcp_write_timeout_ms = 2 * 1000;
 	cfg->workers = online_cpus();
 	cfg->keepalive_ms = 60 * 1000;
+	cfg->http_read_timeout_ms = 30 * 1000;
 }
 
 /* ---- usage ---------------------------------------------------------------------- */
@@ -647,6 +651,7 @@ static int config_check(const struct config *cfg)
 		{ "tcp-user-timeout", offsetof(struct config, tcp_user_timeout_ms) },
 		{ "tcp-write-timeout", offsetof(struct config, tcp_write_timeout_ms) },
 		{ "keepalive-interval", offsetof(struct config, keepalive_ms) },
+		{ "http-read-timeout", offsetof(struct config, http_read_timeout_ms) },
 	};
 
 	if (cfg->http_port < -1 || cfg->http_port > 65535) {
@@ -666,6 +671,10 @@ static int config_check(const struct config *cfg)
 	}
 	if (cfg->keepalive_ms == 0) {
 		fprintf(stderr, "derpd: --keepalive-interval must be at least 1ms\n");
+		return 2;
+	}
+	if (cfg->http_read_timeout_ms == 0) {
+		fprintf(stderr, "derpd: --http-read-timeout must be at least 1ms\n");
 		return 2;
 	}
 	if (cfg->workers < 1 || cfg->workers > MAX_WORKERS) {

@@ -44,6 +44,7 @@ struct config {
 	int workers;                  /* --workers, default: number of CPUs */
 	int verbose;                  /* --verbose */
 	const char *metrics_addr;     /* --metrics-addr host:port, "" = none (issue 4) */
+	int64_t http_read_timeout_ms; /* --http-read-timeout, 30s: derper's ReadTimeout */
 	int64_t keepalive_ms;         /* --keepalive-interval, 60s (plus per-connection jitter) */
 	const char *acme_directory;   /* --acme-directory URL, "" = Let's Encrypt (gcp: Google) */
 	const char *acme_ca_file;     /* --acme-ca-file PEM roots for the ACME server, "" = system */

@@ -238,8 +238,11 @@ void bridge_pump(struct conn *c)
 				b->up_off += (uint32_t)r;
 				progress = 1;
 			} else if (r < 0 && errno != EAGAIN) {
-				conn_close(c, "bridge: HTTP server gone");
-				return;
+				/* The HTTP side stopped reading (it refused the connection, or
+				 * answered and closed): drop what the client sends, but still
+				 * deliver the answer; its EOF below ends the connection. */
+				b->up_off = b->up_len;
+				progress = 1;
 			}
 		}
 		if (b->up_off == b->up_len) {
