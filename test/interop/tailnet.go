@@ -381,9 +381,10 @@ func tailnetPingCheck(c *C, tls bool) {
 	var details []string
 	for _, pt := range []tailcfg.PingType{tailcfg.PingDisco, tailcfg.PingTSMP} {
 		for _, p := range []struct {
-			from *tsnet.Server
-			to   netip.Addr
-		}{{t.b, t.aIP}, {t.a, t.bIP}} {
+			from   *tsnet.Server
+			fromIP netip.Addr
+			to     netip.Addr
+		}{{t.b, t.bIP, t.aIP}, {t.a, t.aIP, t.bIP}} {
 			lc, err := p.from.LocalClient()
 			c.Check(err, "LocalClient")
 			var res string
@@ -404,7 +405,7 @@ func tailnetPingCheck(c *C, tls bool) {
 				if pt == tailcfg.PingDisco && r.DERPRegionID != tailnetRegion {
 					return fmt.Errorf("disco pong via DERP region %d, want %d", r.DERPRegionID, tailnetRegion)
 				}
-				res = fmt.Sprintf("%s %s %.2f ms", pt, p.to, r.LatencySeconds*1000)
+				res = fmt.Sprintf("%s %s->%s %.2f ms", pt, p.fromIP, p.to, r.LatencySeconds*1000)
 				if r.DERPRegionID != 0 {
 					res += " via DERP(" + r.DERPRegionCode + ")"
 				}
@@ -413,7 +414,7 @@ func tailnetPingCheck(c *C, tls bool) {
 			details = append(details, res)
 		}
 	}
-	c.Passf("%v", details)
+	c.Passf("%s", strings.Join(details, "; "))
 }
 
 func tailnetRestartCheck(c *C, tls bool) {
