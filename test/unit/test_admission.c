@@ -58,7 +58,7 @@ struct fake {
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct { int ts; char text[4096]; } reqlog[MAXREQ]; /* ts: 1 LocalAPI, 0 webhook */
 static int nreq;
-static volatile int release_stalls;
+static int release_stalls; /* atomic */
 static char tmpdir[64];
 static struct fake localapi, webhook;
 static pthread_t main_thread;
@@ -90,7 +90,7 @@ static void stall(int fd)
 	char b[64];
 	int64_t end = now_ms() + 15000;
 
-	while (!release_stalls && now_ms() < end) {
+	while (!__atomic_load_n(&release_stalls, __ATOMIC_ACQUIRE) && now_ms() < end) {
 		if (poll(&p, 1, 50) > 0 && recv(fd, b, sizeof b, 0) <= 0)
 			return;
 	}
@@ -231,7 +231,7 @@ static void *accept_main(void *p)
 {
 	struct fake *f = p;
 
-	while (!f->stop) {
+	while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE)) {
 		struct pollfd pf = { .fd = f->lfd, .events = POLLIN };
 		if (poll(&pf, 1, 50) <= 0)
 			continue;
@@ -278,7 +278,7 @@ static int fake_start(struct fake *f, int unix_socket)
 
 static void fake_stop(struct fake *f)
 {
-	f->stop = 1;
+	__atomic_store_n(&f->stop, 1, __ATOMIC_RELEASE);
 	pthread_join(f->th, NULL);
 	close(f->lfd);
 }
@@ -298,7 +298,7 @@ static int group_teardown(void **state)
 {
 	char cmd[128];
 	(void)state;
-	release_stalls = 1;
+	__atomic_store_n(&release_stalls, 1, __ATOMIC_RELEASE);
 	fake_stop(&localapi);
 	fake_stop(&webhook);
 	snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
@@ -416,12 +416,12 @@ static void start(int verify, int hook, int fail_open)
 	pthread_mutex_lock(&log_mu);
 	nreq = 0;
 	pthread_mutex_unlock(&log_mu);
-	release_stalls = 0;
+	__atomic_store_n(&release_stalls, 0, __ATOMIC_RELEASE);
 }
 
 static void stop(void)
 {
-	release_stalls = 1;
+	__atomic_store_n(&release_stalls, 1, __ATOMIC_RELEASE);
 	admission_stop();
 	assert_int_equal(admission_enabled(), 0);
 }
@@ -706,7 +706,7 @@ static void test_queue_full_and_stop(void **state)
 		print_message("stop answered %d pending checks in %lld ms\n", N,
 			      (long long)(now_ms() - t0));
 		assert_true(now_ms() - t0 < 3000);
-		release_stalls = 1;
+		__atomic_store_n(&release_stalls, 1, __ATOMIC_RELEASE);
 	}
 	admission_limits_for_tests(0, 0);
 	free(rs);
