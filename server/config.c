@@ -122,7 +122,8 @@ static const struct flag_def flags[] = {
 	FLAG("verbose", FT_BOOL, verbose, 1, 1,
 	     "log per-connection detail"),
 	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
-	     "DERP keepalive frame period before per-connection jitter; must be > 0"),
+	     "DERP keepalive frame period before a per-connection jitter (up to 5 s, at most\n"
+	     "a twelfth of it); must be > 0"),
 	FLAG("http-read-timeout", FT_DURATION, http_read_timeout_ms, 1, 1,
 	     "time limit for reading one HTTP request, head and body, on the non-DERP\n"
 	     "endpoints (derper's ReadTimeout); also the keep-alive idle timeout; > 0"),

@@ -169,6 +169,19 @@ void conn_rearm(struct conn *c)
 		worker_timer_set(c, at);
 }
 
+/* derper gives each connection a KeepAlive period of the interval plus a jitter of up to
+ * 5 s, fixed for the connection. The jitter comes from the client's (random) key rather
+ * than stored; a short --keepalive-interval gets a twelfth of it at most, as 5 s is of 60. */
+static int64_t keepalive_period(const struct conn *c)
+{
+	int64_t iv = relay.cfg->keepalive_ms;
+	int64_t j = iv / 12 < KEEPALIVE_JITTER_MS ? iv / 12 : KEEPALIVE_JITTER_MS;
+	uint32_t h = (uint32_t)c->key[0] << 24 | (uint32_t)c->key[1] << 16 |
+		     (uint32_t)c->key[2] << 8 | c->key[3];
+
+	return iv + (j > 0 ? (int64_t)(h % (uint32_t)j) : 0);
+}
+
 void conn_on_timer(struct conn *c, int64_t now)
 {
 	if (c->deadline_ms && now >= c->deadline_ms) {
@@ -191,7 +204,7 @@ void conn_on_timer(struct conn *c, int64_t now)
 	if (c->state == CS_RUNNING && !c->outbound && now >= c->keepalive_ms) {
 		uint8_t ka[5];
 		conn_queue_local(c, ka, (uint32_t)frame_keep_alive(ka));
-		c->keepalive_ms = now + relay.cfg->keepalive_ms;
+		c->keepalive_ms = now + keepalive_period(c);
 		sendq_trim(&c->q);
 		if (conn_flush(c) < 0)
 			return;
@@ -207,7 +220,7 @@ void conn_start_running(struct conn *c)
 
 	c->state = CS_RUNNING;
 	c->deadline_ms = 0;
-	c->keepalive_ms = now + relay.cfg->keepalive_ms + (int64_t)(random() % KEEPALIVE_JITTER_MS);
+	c->keepalive_ms = now + keepalive_period(c);
 	if (c->ws) {
 		STAT_ADD(&c->w->stats, tcp_rtt[RTT_NON_TCP], 1); /* as upstream for WebSocket */
 	} else if (relay.rtt_stats) {
