@@ -14,16 +14,8 @@ package main
 // ending in -once mode, so it is not run here.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,50 +32,18 @@ func init() {
 	register("probe/derpprobe", probeDerpprobe)
 }
 
-// issueLongLived writes <dir>/localhost.crt and .key signed by the test CA and valid for
-// 90 days: derpprobe's TLS probe reports any certificate expiring within 7 days as bad,
-// and the harness's certificates live 24 hours.
-func issueLongLived(c *C, dir string) {
-	c.Check(os.MkdirAll(dir, 0o755), "cert dir")
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	c.Check(err, "key")
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: Hostname},
-		DNSNames:     []string{Hostname},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(90 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, testCA.Cert, &k.PublicKey, testCA.Key)
-	c.Check(err, "certificate")
-	kder, err := x509.MarshalECPrivateKey(k)
-	c.Check(err, "marshal key")
-	c.Check(os.WriteFile(filepath.Join(dir, Hostname+".crt"),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644), "write cert")
-	c.Check(os.WriteFile(filepath.Join(dir, Hostname+".key"),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600), "write key")
-}
-
 func probeDerpprobe(c *C) {
 	if *flagDerpprobe == "" {
 		c.Fatalf("no -derpprobe binary given")
 	}
 	dir := c.TempDir()
-	certDir := filepath.Join(dir, "certs")
-	issueLongLived(c, certDir)
 	meshKey := NewMeshKey()
 	pa, pb := FreePort(c), FreePort(c)
 	meshWith := fmt.Sprintf("%s:%d,%s:%d", Hostname, pa, Hostname, pb)
 	var nodes [2]*Server
 	for i, port := range []int{pa, pb} {
-		// A later -certdir overrides the harness's (derpd takes a flag's last value,
-		// as Go's flag package does).
 		nodes[i] = StartDerpd(c, ServerOpts{TLS: true, STUN: true, Port: port, MeshKey: meshKey,
-			Args: []string{"-mesh-with", meshWith, "--mesh-ca-file", testCA.CertFile, "-certdir", certDir}})
+			Args: []string{"-mesh-with", meshWith, "--mesh-ca-file", testCA.CertFile}})
 	}
 	c.Eventually(15*time.Second, "derpd nodes meshed", func() error {
 		for _, s := range nodes {

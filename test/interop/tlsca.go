@@ -36,7 +36,7 @@ func newCA(dir string) (*CA, error) {
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "derpd interop test CA"},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              time.Now().Add(365 * 24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
@@ -52,7 +52,8 @@ func newCA(dir string) (*CA, error) {
 }
 
 // IssueFiles writes <dir>/<name>.crt and <dir>/<name>.key, the layout of derper's
-// -certmode manual, for a leaf valid for name, "localhost" and 127.0.0.1.
+// -certmode manual, for a leaf valid for name, "localhost" and 127.0.0.1, for 90 days
+// (derpprobe reports a certificate that expires within 7 days as bad).
 func (ca *CA) IssueFiles(dir, name string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -68,7 +69,7 @@ func (ca *CA) IssueFiles(dir, name string) error {
 		DNSNames:     []string{name, "localhost"},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		NotAfter:     time.Now().Add(90 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
