@@ -162,6 +162,16 @@ static void req_answer(struct req *r, enum admission_result res)
 	req_free(r);
 }
 
+/* req_answer for each of a list (linked by next). */
+static void req_answer_all(struct req *list, enum admission_result res)
+{
+	while (list) {
+		struct req *r = list;
+		list = r->next;
+		req_answer(r, res);
+	}
+}
+
 static void refuse(struct req *r, const char *why)
 {
 	log_info("derp: %s: client nodekey:%s rejected: %s", r->peer, r->hex, why);
@@ -455,16 +465,8 @@ static void checker_fill(int sweep)
 		}
 	}
 	pthread_mutex_unlock(&adm.mu);
-	while (busy) {
-		struct req *r = busy;
-		busy = r->next;
-		req_answer(r, ADMISSION_BUSY);
-	}
-	while (drop) {
-		struct req *r = drop;
-		drop = r->next;
-		req_answer(r, ADMISSION_ABANDONED);
-	}
+	req_answer_all(busy, ADMISSION_BUSY);
+	req_answer_all(drop, ADMISSION_ABANDONED);
 	while (start) {
 		struct req *r = start;
 		start = r->next;
@@ -502,16 +504,8 @@ static void *checker_main(void *unused)
 	adm.pend_head = adm.pend_tail = adm.busy = NULL;
 	adm.npend = 0;
 	pthread_mutex_unlock(&adm.mu);
-	while (pend) {
-		struct req *r = pend;
-		pend = r->next;
-		req_answer(r, ADMISSION_ABANDONED);
-	}
-	while (busy) {
-		struct req *r = busy;
-		busy = r->next;
-		req_answer(r, ADMISSION_BUSY);
-	}
+	req_answer_all(pend, ADMISSION_ABANDONED);
+	req_answer_all(busy, ADMISSION_BUSY);
 	return NULL;
 }
 
