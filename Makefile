@@ -126,24 +126,37 @@ check-flags: derpd
 	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \
 	 else echo "check-flags: ../shared/tools/flagcheck not present, skipped"; fi
 
-# libFuzzer targets (clang). FUZZ_SECONDS bounds each run; FUZZ_SEED/FUZZ_RUNS make a run
-# repeatable (CI uses a fixed seed and count from the committed seeds, so a crash found
-# there is found again locally; run longer, random ones by hand to search).
+# libFuzzer targets (clang). The library is compiled once with coverage and sanitizers
+# into $(BUILD)/fuzz/lib and each target links against it. FUZZ_SECONDS bounds each run;
+# FUZZ_SEED/FUZZ_RUNS make a run repeatable. FUZZ_BUDGET names a file of per-target
+# "name runs seconds" lines that replace FUZZ_RUNS/FUZZ_SECONDS (CI: test/fuzz/ci-budget,
+# so the slow whole-connection targets get fewer runs). FUZZ_TARGETS picks some targets.
 FUZZ_SECONDS ?= 20
 FUZZ_SEED ?= 0
 FUZZ_RUNS ?= -1
-fuzz: $(FUZZ_SRC) | $(WOLFSSL_DEP)
-	@mkdir -p $(BUILD)/fuzz
-	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang $(CPPFLAGS) $(PKG_CFLAGS) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -o $(BUILD)/fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -pthread -lm || exit 1; \
-	  mkdir -p $(BUILD)/fuzz/corpus-$$n && cp test/fuzz/corpus/$$n/* $(BUILD)/fuzz/corpus-$$n/ 2>/dev/null; \
-	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-	  if ! $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -seed=$(FUZZ_SEED) \
-	      -runs=$(FUZZ_RUNS) -print_final_stats=0 \
-	      $(BUILD)/fuzz/corpus-$$n > $(BUILD)/fuzz/$$n.log 2>&1; then \
-	    tail -n 40 $(BUILD)/fuzz/$$n.log; echo "fuzz: $$n FAILED"; exit 1; fi; \
-	  tail -n 1 $(BUILD)/fuzz/$$n.log; done
+FUZZ_BUDGET ?=
+FUZZ_CC  ?= clang
+FUZZ_FLAGS := -std=c11 -g -O1 -fno-omit-frame-pointer
+FUZZ_OBJ := $(LIB_SRC:%.c=$(BUILD)/fuzz/lib/%.o)
+FUZZ_BIN := $(patsubst test/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+FUZZ_TARGETS ?= $(FUZZ_BIN:$(BUILD)/fuzz/%=%)
+
+$(BUILD)/fuzz/lib/%.o: %.c $(WOLFSSL_DEP)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_FLAGS) \
+	  -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c -o $@ $<
+
+$(BUILD)/fuzz/libderpd.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/fuzz/fuzz_%: test/fuzz/fuzz_%.c $(wildcard test/fuzz/*.h) $(BUILD)/fuzz/libderpd.a
+	$(FUZZ_CC) $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
+	  -o $@ $< $(BUILD)/fuzz/libderpd.a $(PKG_LIBS) -pthread -lm
+
+fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
+	@sh test/fuzz/run.sh "$(BUILD)" "$(FUZZ_SECONDS)" "$(FUZZ_SEED)" "$(FUZZ_RUNS)" \
+	  "$(FUZZ_BUDGET)" $(FUZZ_TARGETS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8

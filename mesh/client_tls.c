@@ -73,7 +73,7 @@ static int is_ip(const char *s)
 /* Go's parseMetaCert for one certificate: CN "derpkey" + 64 hex digits, serial < 256,
  * and (so that it can never vouch for anything) not a CA. DER is parsed directly:
  * wolfSSL 5.5.4's X509 layer cannot read Ed25519 certificates. */
-static int meta_parse(const uint8_t *der, size_t len, struct client_tls_meta *m)
+int client_tls_meta_parse(const uint8_t *der, size_t len, struct client_tls_meta *m)
 {
 	const size_t pl = sizeof META_CN_PREFIX - 1;
 	DecodedCert dc;
@@ -114,11 +114,12 @@ static int verify_cb(int preverify, WOLFSSL_X509_STORE_CTX *store)
 	int d = store->error_depth;
 
 	for (int i = 0; s && s->meta && !s->done && i < store->totalCerts; i++)
-		s->done = meta_parse(store->certs[i].buffer, store->certs[i].length, s->meta);
+		s->done = client_tls_meta_parse(store->certs[i].buffer, store->certs[i].length,
+						 s->meta);
 	if (!s || s->insecure)
 		return 1;
 	if (!preverify && d > 0 && d < store->totalCerts &&
-	    meta_parse(store->certs[d].buffer, store->certs[d].length, &tmp))
+	    client_tls_meta_parse(store->certs[d].buffer, store->certs[d].length, &tmp))
 		return 1;
 	return preverify;
 }

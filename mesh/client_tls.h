@@ -14,6 +14,10 @@ struct client_tls_meta {
 	int version;             /* the certificate's serial: DERP protocol version; 0 = none */
 };
 
+/* Read one DER certificate as a meta certificate: 1 (and m filled) if it is one, else 0.
+ * Exposed for the fuzz target; the handshake calls it on every served certificate. */
+int client_tls_meta_parse(const uint8_t *der, size_t len, struct client_tls_meta *m);
+
 struct client_tls_opts {
 	const char *server_name; /* SNI and the name the certificate must carry */
 	const char *ca_file;     /* PEM roots to verify against; NULL = the system's */

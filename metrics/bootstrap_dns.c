@@ -225,9 +225,8 @@ static const uint8_t *skip_name(const uint8_t *p, const uint8_t *end)
 	return NULL;
 }
 
-/* The rollout percentage from txtname's TXT records: the last record (its strings joined,
- * as Go's LookupTXT does) that is an integer 0..100. 1 found, 0 none valid, -1 lookup
- * failed. */
+/* The rollout percentage from txtname's TXT records (bootstrap_dns_txt_percent); -1 if
+ * the lookup failed. */
 static int lookup_percent(const char *txtname, double *percent)
 {
 	struct __res_state st;
@@ -241,6 +240,13 @@ static int lookup_percent(const char *txtname, double *percent)
 		log_info("bootstrap DNS lookup \"%s\": TXT query failed", txtname);
 		return -1;
 	}
+	return bootstrap_dns_txt_percent(ans, (size_t)len, percent);
+}
+
+int bootstrap_dns_txt_percent(const uint8_t *ans, size_t len, double *percent)
+{
+	if (len < 12)
+		return 0;
 	const uint8_t *p = ans + 12, *end = ans + len;
 	int qd = ans[4] << 8 | ans[5], an = ans[6] << 8 | ans[7], found = 0;
 	for (int i = 0; i < qd && p; i++)

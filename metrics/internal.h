@@ -86,6 +86,10 @@ char *bootstrap_dns_answer(const char *q, const struct sockaddr *peer, size_t *l
 void bootstrap_dns_counters_get(struct bootstrap_dns_counters *c);
 /* Rollout: does this client fall inside percent (0..1)? Deterministic per IP. */
 int bootstrap_dns_percent_match(const struct sockaddr *peer, double percent);
+/* The rollout percentage from a DNS answer to a TXT query (ans: len bytes): the last TXT
+ * record (its strings joined, as Go's LookupTXT does) that is an integer 0..100, in
+ * *percent as 0..1. 1 found, 0 none valid. */
+int bootstrap_dns_txt_percent(const uint8_t *ans, size_t len, double *percent);
 /* Build and install maps directly (the resolver uses these; so do unit tests). */
 struct dns_map *dns_map_new(void);
 int dns_map_set(struct dns_map *m, const char *name, const char *const *addrs, size_t n,

@@ -50,8 +50,8 @@ static int name_is_private_key(const char *s)
 
 /* Parse file contents into priv. Every PrivateKey-named field is applied in order, as
  * Go's decoder does; JSON null leaves the key unset. */
-static int keyfile_parse(const char *path, const char *buf, size_t n, uint8_t priv[KEY_LEN],
-			 char *err, size_t errlen)
+int keyfile_parse(const char *path, const char *buf, size_t n, uint8_t priv[KEY_LEN],
+		  char *err, size_t errlen)
 {
 	json_error_t jerr;
 	json_t *root, *v;

@@ -11,5 +11,9 @@
  * malformed (or holds the all-zero key) is never overwritten.
  * key_init() must have been called. */
 int keyfile_load_or_create(const char *path, uint8_t priv[32], char *err, size_t errlen);
+/* The file's content (n bytes, not NUL-ended) as keyfile_load_or_create reads it; path only
+ * names it in err. 0, or -1 with err and priv zeroed. For tests and the fuzz target. */
+int keyfile_parse(const char *path, const char *buf, size_t n, uint8_t priv[32], char *err,
+		  size_t errlen);
 
 #endif
