@@ -81,6 +81,8 @@ int acme_host_allowed(const char *hostname, const char *name)
 /* ---- contexts ----------------------------------------------------------------------- */
 
 static int sni_cb(WOLFSSL *ssl, int *alert, void *arg);
+static int alpn_cb(WOLFSSL *ssl, const unsigned char **out, unsigned char *outlen,
+		   const unsigned char *in, unsigned int inlen, void *arg);
 
 WOLFSSL_CTX *provider_ctx_new(struct cert_provider *p, const char *chain, size_t chainlen,
 			      const char *key, size_t keylen, int with_meta, char *err,
@@ -125,6 +127,7 @@ WOLFSSL_CTX *provider_ctx_new(struct cert_provider *p, const char *chain, size_t
 	}
 	wolfSSL_CTX_set_servername_callback(ctx, sni_cb);
 	wolfSSL_CTX_set_servername_arg(ctx, p);
+	wolfSSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
 	return ctx;
 fail:
 	wolfSSL_CTX_free(ctx);
@@ -285,12 +288,30 @@ static int sni_cb(WOLFSSL *ssl, int *alert, void *arg)
 		*alert = internal_error; /* what Go's server sends when GetCertificate fails */
 		return fatal_return;
 	}
-	/* derper offers http/1.1 only; a client offering only other protocols is refused */
-	if (acme)
-		wolfSSL_UseALPN(ssl, (char *)"acme-tls/1", 10, WOLFSSL_ALPN_FAILED_ON_MISMATCH);
-	else
-		wolfSSL_UseALPN(ssl, (char *)"http/1.1", 8, WOLFSSL_ALPN_FAILED_ON_MISMATCH);
 	return 0;
+}
+
+/* ALPN, decided after the extensions (alpn_cb) rather than set here: wolfSSL_UseALPN in
+ * this callback would put an extension after the client's pre_shared_key, which TLS 1.3
+ * resumption requires to be the last one parsed (it refused every ticket with
+ * illegal_parameter). derper offers http/1.1 only; a TLS-ALPN-01 validator gets
+ * acme-tls/1 (the SNI callback chose its certificate by the same test). */
+static int alpn_cb(WOLFSSL *ssl, const unsigned char **out, unsigned char *outlen,
+		   const unsigned char *in, unsigned int inlen, void *arg)
+{
+	const char *want = offers_acme_tls(ssl) ? "acme-tls/1" : "http/1.1";
+	size_t wl = strlen(want);
+
+	(void)arg;
+	for (unsigned int i = 0; i < inlen; i += 1u + in[i])
+		if (in[i] == wl && i + 1 + wl <= inlen && memcmp(in + i + 1, want, wl) == 0) {
+			*out = in + i + 1;
+			*outlen = (unsigned char)wl;
+			return 0;
+		}
+	/* no match: wolfSSL falls back to the list set in cert_provider_ssl_new, which
+	 * refuses the handshake (no_application_protocol) */
+	return noack_return;
 }
 
 WOLFSSL *cert_provider_ssl_new(struct cert_provider *p, int fd)
@@ -300,7 +321,9 @@ WOLFSSL *cert_provider_ssl_new(struct cert_provider *p, int fd)
 	pthread_mutex_lock(&p->mu);
 	ssl = wolfSSL_new(p->front);
 	pthread_mutex_unlock(&p->mu);
-	if (ssl && wolfSSL_set_fd(ssl, fd) != WOLFSSL_SUCCESS) {
+	if (ssl && (wolfSSL_set_fd(ssl, fd) != WOLFSSL_SUCCESS ||
+		    wolfSSL_UseALPN(ssl, (char *)"http/1.1,acme-tls/1", 19,
+				    WOLFSSL_ALPN_FAILED_ON_MISMATCH) != WOLFSSL_SUCCESS)) {
 		wolfSSL_free(ssl);
 		return NULL;
 	}
