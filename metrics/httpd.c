@@ -36,6 +36,7 @@ static struct conntab *main_tab, *metrics_tab;
 static int metrics_port;
 static int metrics_cls; /* on_request's cls: which listener */
 static int seen;        /* *state after a request's first call */
+static int star, star_seen; /* the same for a request-target of "*" */
 static time_t started;
 static int show_abuse_info;
 
@@ -460,16 +461,23 @@ enum MHD_Result httpd_route_main(struct MHD_Connection *c, const char *url, cons
 {
 	if (url[0] != '/')
 		return httpd_error(c, 400, "400 Bad Request");
-	char clean[2048];
-	httpd_clean_path(url, clean, sizeof clean);
+	/* as long as the path (a fixed buffer cut long paths and redirected to the cut) */
+	size_t n = strlen(url) + 2;
+	char *clean = malloc(n);
+	if (clean == NULL)
+		return httpd_error(c, 500, "out of memory");
+	httpd_clean_path(url, clean, n);
 	if (strcmp(clean, url) != 0) {
 		struct mbuf loc = { 0 };
 		mbuf_puts(&loc, clean);
+		free(clean);
 		MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_query_arg, &loc);
-		enum MHD_Result r = httpd_redirect(c, method, 301, loc.p, 0);
+		enum MHD_Result r = loc.oom ? httpd_error(c, 500, "out of memory")
+					    : httpd_redirect(c, method, 301, loc.p, 0);
 		mbuf_free(&loc);
 		return r;
 	}
+	free(clean);
 	if (strcmp(url, "/derp") == 0)
 		return serve_derp(c);
 	if (strcmp(url, "/derp/probe") == 0 || strcmp(url, "/derp/latency-check") == 0)
@@ -492,40 +500,24 @@ enum MHD_Result httpd_route_main(struct MHD_Connection *c, const char *url, cons
 	return serve_home(c, method);
 }
 
-int httpd_is_token(const char *s)
-{
-	if (*s == '\0')
-		return 0;
-	for (; *s; s++)
-		if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
-			return 0;
-	return 1;
-}
-
-enum MHD_Result httpd_bad_request(struct MHD_Connection *c, const char *why)
-{
-	struct mbuf b = { 0 };
-	mbuf_printf(&b, "400 Bad Request%s%s", why[0] ? ": " : "", why);
-	enum MHD_Result r = httpd_reply(c, 400, 0, b.p, b.len, "Content-Type",
-					"text/plain; charset=utf-8", "Connection", "close", NULL);
-	mbuf_free(&b);
-	return r;
-}
-
-/* The first call only announces the request; request bodies (which no endpoint reads)
- * are consumed and dropped; the response goes out on the final call. The port-80
- * listener has a handler of its own (port80.c). */
+/* The first call only announces the request (after Go's head checks, which may answer
+ * it there); request bodies (which no endpoint reads) are consumed and dropped; the
+ * response goes out on the final call. The port-80 listener has a handler of its own
+ * (port80.c). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **state)
 {
-	(void)version;
 	(void)upload;
-	if (*state == NULL) {
-		*state = &seen;
-		return MHD_YES;
-	}
-	if (*upload_size != 0) {
+	if (*state == NULL || *state == &star) {
+		*state = *state == &star ? &star_seen : &seen;
+		enum MHD_Result r;
+		int k = httpd_head_check(c, version, &r);
+		if (k > 0)
+			return r;
+		if (k == 0)
+			return MHD_YES;
+	} else if (*upload_size != 0) {
 		*upload_size = 0;
 		return MHD_YES;
 	}
@@ -533,7 +525,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (!httpd_is_token(method)) /* Go refuses these; libmicrohttpd would route them */
 		return httpd_bad_request(c, "");
 	if (cls == NULL)
-		return httpd_route_main(c, url, method);
+		return *state == &star_seen ? httpd_serve_star(c, method)
+					    : httpd_route_main(c, url, method);
 	/* the --metrics-addr listener: scrapes only, its bind address is the access rule */
 	if (strcmp(url, "/metrics") == 0)
 		return serve_scrape(c, 1, 0);
@@ -546,9 +539,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 {
 	(void)cls;
-	(void)uri;
 	conntab_request_begin(c);
-	return NULL; /* on_request's *state starts NULL */
+	/* on_request's *state starts here; the raw target "*" is not a path (Go's
+	 * RequestURI): libmicrohttpd's url would not tell it from "%2A" */
+	return strcmp(uri, "*") == 0 ? &star : NULL;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **state,

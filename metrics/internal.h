@@ -162,7 +162,10 @@ size_t traffic_parse_ss(const char *out, struct traffic_entry *e, size_t max);
 /* ---- the HTTP daemons (httpd.c, port80.c, SERVER.md §6) ---- */
 #define HTTP_MAX_CONNECTIONS 1024 /* HTTP only; DERP connections never count here */
 #define HTTP_PER_IP_LIMIT 64
-#define HTTP_HEAD_MEMORY (64 * 1024) /* request head limit per connection */
+#define HTTP_HEAD_MEMORY (64 * 1024) /* libmicrohttpd's memory per connection */
+/* Request heads above this get Go's 431: the rest of HTTP_HEAD_MEMORY holds the longest
+ * answer (a redirect repeats the target, escaped), which would not fit otherwise. */
+#define HTTP_HEAD_LIMIT (16 * 1024)
 
 /* Queue a response built from body (copied); extra headers as name, value pairs, NULL
  * terminated; flags adds the browser security headers (0: none). Go's sniffing gives
@@ -174,6 +177,15 @@ enum MHD_Result httpd_reply(struct MHD_Connection *c, unsigned status, int flags
 enum MHD_Result httpd_error(struct MHD_Connection *c, unsigned status, const char *msg);
 /* Go's answer to a request it cannot parse: no handler ran, the connection closes. */
 enum MHD_Result httpd_bad_request(struct MHD_Connection *c, const char *why);
+/* reqcheck.c: net/http's head rules that libmicrohttpd lacks, for a handler's first call
+ * (before any body is read): a head over HTTP_HEAD_LIMIT (431), Transfer-Encoding other
+ * than one "chunked" (501), a Content-Length that is no number or repeated with another
+ * value (400). 1: refused, *ret is the queued answer (libmicrohttpd reads no more and
+ * closes); 0: go on; -1: answer now, unread body and all (HTTP/1.0 with
+ * Transfer-Encoding, which Go ignores and libmicrohttpd would obey). */
+int httpd_head_check(struct MHD_Connection *c, const char *version, enum MHD_Result *ret);
+/* A request-target of "*": OPTIONS gets Go's empty 200, anything else ServeMux's 400. */
+enum MHD_Result httpd_serve_star(struct MHD_Connection *c, const char *method);
 /* Go's http.Redirect body for GET; HEAD gets the headers only (libmicrohttpd drops it).
  * Location gets Go's hexEscapeNonASCII (bytes >= 0x80 as lower-case %xx). */
 enum MHD_Result httpd_redirect(struct MHD_Connection *c, const char *method, unsigned status,

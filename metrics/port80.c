@@ -227,10 +227,12 @@ static enum MHD_Result route_port80(struct MHD_Connection *c, const char *uri, c
 	const char *bad = port80_head_error(c, uri, version);
 	if (bad != NULL)
 		return httpd_bad_request(c, bad);
+	if (strcmp(uri, "*") == 0 && strcmp(method, "OPTIONS") == 0)
+		return httpd_serve_star(c, method); /* net/http answers it before any mux */
 	if (strcmp(method, "CONNECT") == 0) /* no CONNECT handling on plain HTTP */
 		return httpd_error(c, 400, "Use HTTPS");
 	if (strcmp(uri, "*") == 0)
-		return httpd_reply(c, 400, 0, NULL, 0, "Connection", "close", NULL);
+		return httpd_serve_star(c, method);
 	if (uri[0] != '/') /* absolute-form: refused, as on the main listener */
 		return httpd_error(c, 400, "400 Bad Request");
 
@@ -298,15 +300,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	(void)cls;
 	(void)upload;
 	struct port80_req *rq = *state != &seen ? *state : NULL;
-	if (rq != NULL && !rq->announced) {
-		rq->announced = 1;
-		return MHD_YES;
-	}
-	if (rq == NULL && *state == NULL) {
-		*state = &seen;
-		return MHD_YES;
-	}
-	if (*upload_size != 0) {
+	if ((rq != NULL && !rq->announced) || (rq == NULL && *state == NULL)) {
+		if (rq != NULL)
+			rq->announced = 1;
+		else
+			*state = &seen;
+		enum MHD_Result r;
+		int k = httpd_head_check(c, version, &r); /* may answer before any body */
+		if (k > 0)
+			return r;
+		if (k == 0)
+			return MHD_YES;
+	} else if (*upload_size != 0) {
 		*upload_size = 0;
 		return MHD_YES;
 	}

@@ -79,6 +79,26 @@ static void keep_first(struct http_str *dst, const char *v, size_t n)
 		*dst = (struct http_str){ v, n };
 }
 
+/* net/http's body framing rules (transfer.go): on HTTP/1.1 one Transfer-Encoding and
+ * only "chunked" (HTTP/1.0 ignores it); a Content-Length of digits only, below 2^63. A
+ * request that breaks them is Go's 400 or 501, which the HTTP server gives. */
+static int framing_ok(const struct http_req *r)
+{
+	if (r->transfer_encoding.p && r->minor > 0 && !http_str_ieq(r->transfer_encoding, "chunked"))
+		return 0;
+	struct http_str cl = r->content_length;
+	if (!cl.p)
+		return 1;
+	while (cl.n > 1 && cl.p[0] == '0')
+		cl.p++, cl.n--;
+	if (cl.n == 0 || cl.n > 19 || (cl.n == 19 && memcmp(cl.p, "9223372036854775807", 19) > 0))
+		return 0;
+	for (size_t i = 0; i < cl.n; i++)
+		if (cl.p[i] < '0' || cl.p[i] > '9')
+			return 0;
+	return 1;
+}
+
 int http_head_parse(const char *buf, size_t len, struct http_req *r)
 {
 	const char *p = buf, *end = buf + len, *next;
@@ -95,7 +115,7 @@ int http_head_parse(const char *buf, size_t len, struct http_req *r)
 	for (p = next; (next = line_end(p, end, &n)); p = next) {
 		if (n == 0) {
 			r->head_len = (size_t)(next - buf);
-			return (int)r->head_len;
+			return framing_ok(r) ? (int)r->head_len : -1;
 		}
 		const char *colon = memchr(p, ':', n);
 		if (!colon || colon == p)
@@ -120,10 +140,17 @@ int http_head_parse(const char *buf, size_t len, struct http_req *r)
 			keep_first(&r->ws_protocol, v, vn);
 		else if (http_str_ieq(name, "Connection"))
 			keep_first(&r->connection, v, vn);
-		else if (http_str_ieq(name, "Content-Length"))
+		else if (http_str_ieq(name, "Content-Length")) {
+			/* Go refuses differing repeats (request smuggling): malformed */
+			if (r->content_length.p && (r->content_length.n != vn ||
+						    memcmp(r->content_length.p, v, vn) != 0))
+				return -1;
 			keep_first(&r->content_length, v, vn);
-		else if (http_str_ieq(name, "Transfer-Encoding"))
+		} else if (http_str_ieq(name, "Transfer-Encoding")) {
+			if (r->transfer_encoding.p && r->minor > 0)
+				return -1; /* Go: "too many transfer encodings" */
 			keep_first(&r->transfer_encoding, v, vn);
+		}
 		else if (http_str_ieq(name, "Host"))
 			keep_first(&r->host, v, vn);
 		else if (http_str_ieq(name, "Sec-WebSocket-Key"))
