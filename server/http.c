@@ -119,8 +119,15 @@ int conn_http(struct conn *c)
 		}
 	}
 	int hl = http_head_parse(buf, (size_t)n, &r);
-	if (hl == 0 && n < WORKER_SCRATCH)
+	if (hl == 0 && n < WORKER_SCRATCH) {
+		/* After the client's FIN the head can never complete: hang up now, as Go does
+		 * on EOF, rather than hold the socket for the head timeout. */
+		if (c->peer_shut) {
+			conn_close(c, "EOF before complete request head");
+			return -1;
+		}
 		return 0; /* wait for the rest of the head */
+	}
 	if (hl <= 0 || (!is_derp_upgrade(&r) && !is_websocket_derp(&r))) {
 		if (c->ssl)
 			bridge_start(c);
