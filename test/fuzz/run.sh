@@ -1,7 +1,8 @@
 #!/bin/sh
 # Run libFuzzer targets one after another (make fuzz): each from a copy of its committed
 # seeds, bounded by runs and seconds (a budget file's line for the target, when given,
-# replaces the global ones), and print one line per target with its speed.
+# replaces the global ones), and print one line per target with its speed. The targets' own
+# output (derpd's log lines, usage errors) is dropped; libFuzzer's and the sanitizers' is kept.
 # usage: run.sh BUILD SECONDS SEED RUNS BUDGET_FILE target...
 build=$1 secs=$2 seed=$3 runs=$4 budget=$5
 shift 5
@@ -20,7 +21,7 @@ for n in "$@"; do
 	cp test/fuzz/corpus/"$n"/* "$corpus"/ 2>/dev/null
 	t0=$(date +%s)
 	if ! "$build/fuzz/$n" -max_total_time="$s" -seed="$seed" -runs="$r" \
-	    -print_final_stats=1 "$corpus" > "$build/fuzz/$n.log" 2>&1; then
+	    -print_final_stats=1 -close_fd_mask=3 "$corpus" > "$build/fuzz/$n.log" 2>&1; then
 		tail -n 40 "$build/fuzz/$n.log"
 		echo "fuzz: $n FAILED (log: $build/fuzz/$n.log)"
 		exit 1
