@@ -13,20 +13,70 @@
 #define RATE_FILE_MAX (1 << 20) /* a two-number file; refuse anything absurd */
 
 /* One field of the file: Go's json into a uint64 takes a non-negative integer literal;
- * null leaves the field alone; anything else is an error. */
+ * null leaves the field alone; anything else is an error. A negative integer here is
+ * one of widen()'s: a literal from 2^63 to 2^64-1 in two's complement. */
 static int take_uint(json_t *v, uint64_t *out)
 {
-	json_int_t i;
-
 	if (json_is_null(v))
 		return 0;
 	if (!json_is_integer(v))
 		return -1;
-	i = json_integer_value(v);
-	if (i < 0)
-		return -1;
-	*out = (uint64_t)i;
+	*out = (uint64_t)json_integer_value(v);
 	return 0;
+}
+
+/* jansson's integers are int64 (it fails "too big integer" past 2^63-1), Go fills a
+ * uint64 up to 2^64-1. So the text jansson reads has every integer literal outside
+ * strings rewritten: 2^63..2^64-1 as its int64 bit pattern (negative), and literals
+ * Go would refuse for a uint64, negative ones and those past 2^64-1, as the fraction
+ * 0.5, which take_uint refuses too but an unknown field may hold, as in Go. Nothing
+ * else changes, so jansson still judges the JSON. malloc'd, NULL if out of memory. */
+static char *widen(const char *t, size_t len, size_t *outlen)
+{
+	char *o = malloc(2 * len + 1), *w = o; /* "-0" -> "0.5" is the most growth */
+	if (o == NULL)
+		return NULL;
+	for (size_t i = 0; i < len;) {
+		if (t[i] == '"') { /* copy the string, escapes and all */
+			*w++ = t[i++];
+			while (i < len && t[i] != '"') {
+				if (t[i] == '\\' && i + 1 < len)
+					*w++ = t[i++];
+				*w++ = t[i++];
+			}
+			if (i < len)
+				*w++ = t[i++];
+			continue;
+		}
+		if (t[i] != '-' && (t[i] < '0' || t[i] > '9')) {
+			*w++ = t[i++];
+			continue;
+		}
+		size_t s = i, d = t[i] == '-' ? i + 1 : i;
+		while (i < len && strchr("0123456789+-.eE", t[i]) != NULL)
+			i++;
+		/* an integer as JSON writes it: -?(0|[1-9][0-9]*); else left for jansson */
+		int integer = i > d && (t[d] != '0' || i == d + 1);
+		for (size_t k = d; k < i && integer; k++)
+			integer = t[k] >= '0' && t[k] <= '9';
+		char num[32];
+		unsigned long long v = 0;
+		if (integer && i - d < sizeof num) {
+			memcpy(num, t + d, i - d);
+			num[i - d] = '\0';
+			errno = 0;
+			v = strtoull(num, NULL, 10);
+		}
+		if (integer && (d > s || i - d >= sizeof num || errno == ERANGE))
+			w += sprintf(w, "0.5"); /* negative, or past 2^64-1 */
+		else if (integer && v > INT64_MAX)
+			w += sprintf(w, "%lld", (long long)(int64_t)v);
+		else
+			for (size_t k = s; k < i; k++)
+				*w++ = t[k];
+	}
+	*outlen = (size_t)(w - o);
+	return o;
 }
 
 int rate_config_parse(const char *text, size_t len, struct rate_config *raw, char *err,
@@ -37,8 +87,15 @@ int rate_config_parse(const char *text, size_t len, struct rate_config *raw, cha
 	const char *k;
 	struct rate_config rc = { 0, 0 };
 
+	size_t wlen;
+	char *wide = widen(text, len, &wlen);
+	if (wide == NULL) {
+		snprintf(err, errlen, "error parsing rate config: out of memory");
+		return -1;
+	}
 	/* JSON_DECODE_ANY: a top-level null is valid JSON that leaves everything zero */
-	root = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+	root = json_loadb(wide, wlen, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+	free(wide);
 	if (!root) {
 		snprintf(err, errlen, "error parsing rate config: %s", je.text);
 		return -1;

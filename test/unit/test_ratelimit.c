@@ -104,14 +104,55 @@ static void test_parse_go_rules(void **state)
 		"{\"PerClientRateLimitBytesPerSec\": 1} trailing",
 		"{\"PerClientRateLimitBytesPerSec\": 1}{}",
 		"{\"PerClientRateLimitBytesPerSec\": 1,}",
-		/* over INT64_MAX: valid for Go's uint64, refused here (jansson is signed) */
-		"{\"PerClientRateLimitBytesPerSec\": 18446744073709551615}",
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
 		rc.bytes_per_sec = 42;
 		if (parse(bad[i], &rc) == 0)
 			fail_msg("accepted %s", bad[i]);
 		assert_true(rc.bytes_per_sec == 42); /* untouched on error */
+	}
+}
+
+/* The whole uint64 range, as Go's json fills a uint64 (jansson's integers are int64). */
+static void test_parse_uint64_range(void **state)
+{
+	(void)state;
+	struct rate_config rc;
+
+	assert_int_equal(parse("{\"PerClientRateLimitBytesPerSec\":9223372036854775808}", &rc), 0);
+	assert_true(rc.bytes_per_sec == (uint64_t)INT64_MAX + 1);
+	assert_int_equal(parse("{\"PerClientRateLimitBytesPerSec\": 18446744073709551615 ,"
+			       "\"PerClientRateBurstBytes\":18446744073709551614}", &rc), 0);
+	assert_true(rc.bytes_per_sec == UINT64_MAX && rc.burst == UINT64_MAX - 1);
+	/* unknown fields are skipped whatever their number, as Go skips them */
+	assert_int_equal(parse("{\"x\":[18446744073709551615,-3,-0,99999999999999999999999,-1.5e9],"
+			       "\"y\":{\"z\":-9223372036854775808},\"PerClientRateBurstBytes\":"
+			       "9223372036854775809}", &rc), 0);
+	assert_true(rc.burst == (uint64_t)INT64_MAX + 2 && rc.bytes_per_sec == 0);
+	/* digits inside strings are strings, escaped quotes included */
+	assert_int_equal(parse("{\"a\\\"18446744073709551615\":\"-1 \\\" 18446744073709551615\","
+			       "\"PerClientRateBurstBytes\":18446744073709551615}", &rc), 0);
+	assert_true(rc.burst == UINT64_MAX);
+
+	static const char *bad[] = {
+		"{\"PerClientRateLimitBytesPerSec\": 18446744073709551616}",
+		"{\"PerClientRateLimitBytesPerSec\": 99999999999999999999999}",
+		"{\"PerClientRateLimitBytesPerSec\": -1}",
+		"{\"PerClientRateLimitBytesPerSec\": -0}",
+		"{\"PerClientRateLimitBytesPerSec\": -9223372036854775808}",
+		"{\"PerClientRateLimitBytesPerSec\": -18446744073709551615}",
+		"{\"PerClientRateLimitBytesPerSec\": 18446744073709551615.0}",
+		"{\"PerClientRateLimitBytesPerSec\": 1.8446744073709551615e19}",
+		"{\"PerClientRateLimitBytesPerSec\": 018446744073709551615}",
+		"{\"PerClientRateLimitBytesPerSec\": \"18446744073709551615\"}",
+		"{\"PerClientRateLimitBytesPerSec\": 18446744073709551615",
+		"18446744073709551615",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		rc.bytes_per_sec = 42;
+		if (parse(bad[i], &rc) == 0)
+			fail_msg("accepted %s", bad[i]);
+		assert_true(rc.bytes_per_sec == 42);
 	}
 }
 
@@ -276,6 +317,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_conformance),
 		cmocka_unit_test(test_parse_go_rules),
+		cmocka_unit_test(test_parse_uint64_range),
 		cmocka_unit_test(test_applied),
 		cmocka_unit_test(test_load),
 		cmocka_unit_test(test_bucket_wait),
