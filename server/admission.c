@@ -313,6 +313,11 @@ static const char *xfer_error(const struct req *r, CURLcode rc)
 	return r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
 }
 
+static json_t *whois_decode(const struct body *b, json_error_t *je)
+{
+	return json_loadb(b->buf ? b->buf : "", b->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, je);
+}
+
 /* tailscaled answered (or failed): admit to the next stage, or refuse. */
 static void whois_done(struct req *r, CURLcode rc, long status)
 {
@@ -335,8 +340,7 @@ static void whois_done(struct req *r, CURLcode rc, long status)
 	} else {
 		/* upstream decodes the whole body into a WhoIsResponse */
 		json_error_t je;
-		json_t *v = json_loadb(r->b.buf ? r->b.buf : "", r->b.len,
-				       JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+		json_t *v = whois_decode(&r->b, &je);
 		int ok = v && (json_is_object(v) || json_is_null(v));
 		if (!ok)
 			snprintf(why, sizeof why, "failed to query local tailscaled status for "
@@ -402,6 +406,29 @@ static void hook_done(struct req *r, CURLcode rc, long status)
 		return;
 	}
 	refuse(r, why);
+}
+
+int admission_parse_reply(int hook, const char *body, size_t len, size_t step)
+{
+	struct body b = { .cap = hook ? WEBHOOK_BODY_MAX : WHOIS_BODY_MAX, .json_stop = hook };
+	json_error_t je;
+	int ok;
+
+	for (size_t off = 0, k; off < len; off += k) {
+		k = step && step < len - off ? step : len - off;
+		if (on_body((char *)body + off, 1, k, &b) != k)
+			break; /* libcurl ends the transfer here */
+	}
+	if (hook) {
+		ok = b.got_value && reply_allows(b.value);
+	} else {
+		json_t *v = whois_decode(&b, &je);
+		ok = !b.over && v && (json_is_object(v) || json_is_null(v)); /* over: failed */
+		json_decref(v);
+	}
+	json_decref(b.value);
+	free(b.buf);
+	return ok;
 }
 
 static void xfer_done(struct req *r, CURLcode rc)

@@ -46,5 +46,9 @@ void admission_counters_get(uint64_t out[ADMISSION_NRESULTS]);
 void admission_stop(void); /* pending checks complete with allow=0 */
 /* Tests only, before admission_start: transfers in flight and queue length (0 = default). */
 void admission_limits_for_tests(int inflight_max, int pending_max);
+/* Fuzz target: a 200 response body (len bytes, arriving step at a time; 0 = at once) as
+ * judged by the whois stage (hook 0: any JSON object or null) or by the webhook (hook 1:
+ * its first JSON value, within 4 KiB, has "Allow": true). 1 admitted, 0 refused. */
+int admission_parse_reply(int hook, const char *body, size_t len, size_t step);
 
 #endif
