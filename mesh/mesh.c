@@ -28,6 +28,10 @@
 
 #define CONNECT_TIMEOUT_MS 10000 /* DNS + TCP + upgrade + handshake, as upstream */
 #define RETRY_MS           5000  /* derphttp's retryInterval */
+/* A peer that does not take our mesh key accepts the login, then closes the connection
+ * as soon as it reads WatchConns ("insufficient permissions"), saying nothing: a link
+ * that ends this soon after it began was refused. */
+#define REFUSED_MS         2000
 #define MAX_KEY_FILE       (1 << 20)
 
 struct peer {
@@ -500,6 +504,8 @@ static void *watch_loop(void *arg)
 			derp_client_close(c);
 		}
 		unpublish(p);
+		int64_t began = now_ms();
+		int taken = 0; /* the relay runs the link: its end is the peer's doing */
 		pthread_mutex_lock(&mesh.mu);
 		p->adopted = fd >= 0 && !mesh.stopping;
 		pthread_mutex_unlock(&mesh.mu);
@@ -516,7 +522,8 @@ static void *watch_loop(void *arg)
 			p->adopted = 0;
 			pthread_mutex_unlock(&mesh.mu);
 			log_info("mesh(\"%s\"): the relay refused the connection", p->t.name);
-		}
+		} else
+			taken = fd >= 0;
 		free(buf);
 		/* The worker reads the peer's announcements from here on; wait for the end. */
 		pthread_mutex_lock(&mesh.mu);
@@ -526,8 +533,14 @@ static void *watch_loop(void *arg)
 		pthread_mutex_unlock(&mesh.mu);
 		if (stop)
 			break;
-		log_info("mesh(\"%s\"): connection ended; reconnecting in %d s", p->t.name,
-			 RETRY_MS / 1000);
+		int64_t lived = now_ms() - began;
+		if (taken && lived < REFUSED_MS)
+			log_info("mesh(\"%s\"): connection ended %lld ms after WatchConns: the peer "
+				 "refused our mesh key (its key differs, or it has none); reconnecting "
+				 "in %d s", p->t.name, (long long)lived, RETRY_MS / 1000);
+		else
+			log_info("mesh(\"%s\"): connection ended; reconnecting in %d s", p->t.name,
+				 RETRY_MS / 1000);
 		if (sleep_or_stop(RETRY_MS))
 			break;
 	}

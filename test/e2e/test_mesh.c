@@ -477,6 +477,11 @@ static void test_wrong_key_refused(void **state)
 		poll(NULL, 0, 20);
 	if (!harness_log_contains(d, ended))
 		fail_msg("node with the wrong key: its mesh connection to A was not closed");
+	/* and its log says why (it said only "connection ended; reconnecting") */
+	if (!harness_log_contains(d, "after WatchConns: the peer refused our mesh key")) {
+		harness_dump_log(d);
+		fail_msg("node with the wrong key: no \"refused our mesh key\" in its log");
+	}
 	wait_region(NONE, T);
 	assert_int_equal(harness_metric(d, "derp_clients_remote"), 0);
 	assert_int_equal(harness_metric(d, "derp_watchers"), 0);
