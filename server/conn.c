@@ -148,7 +148,9 @@ static int rtt_sample(int fd)
  * own forwarding writes to a mesh peer; 0 = no timeout. */
 static int64_t write_timeout_ms(const struct conn *c)
 {
-	return c->outbound ? 5000 : c->is_mesh ? 30000 : relay.cfg->tcp_write_timeout_ms;
+	return c->outbound  ? MESH_WRITE_TIMEOUT_MS
+	       : c->is_mesh ? 30000
+			    : relay.cfg->tcp_write_timeout_ms;
 }
 
 /* Arm c's timer for the next moment anything is due for it. */
@@ -279,7 +281,7 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	if (c->rate_resume_ms)
 		worker_rate_forget(c);
 	if (c->outbound)
-		mesh_out_closed(c); /* before the fd goes: no forwarder may point at a dead conn */
+		mesh_out_closed(c, why); /* before the fd goes: no forwarder may point at a dead conn */
 	worker_timer_del(c);
 	ready_unlink(c);
 	worker_read_forget(c);

@@ -201,7 +201,9 @@ int conn_flush(struct conn *c)
 				return 0;
 			}
 			/* Its queue is taken: a sender paused on it may go on (relay_deliver). */
-			if (__atomic_load_n(&c->w->waited_on, __ATOMIC_RELAXED))
+			if (c->outbound)
+				worker_link_taken(c->w);
+			else if (__atomic_load_n(&c->w->waited_on, __ATOMIC_RELAXED))
 				worker_turn_done(c->w);
 		}
 		struct outbatch *b = c->out;

@@ -348,46 +348,101 @@ void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len)
 
 /* ---- forwarding out ---- */
 
+/* A mesh link is one connection that senders on every worker feed. Upstream's sender
+ * writes its ForwardPacket itself and waits for the write (5 s deadline, then the link is
+ * cut); here a packet that finds the link's queue full waits with its sender until the
+ * link's worker has taken the queue (worker_link_taken), and nothing is dropped while
+ * the link drains. */
 struct fwd_arg {
 	const struct pkt *fp;
-	int disco;
+	int disco, may_hold;
+	int held;             /* the queue was full: fp not pushed, still ours */
 	struct worker *wake;
+	struct conn *flush;   /* the link, on our own worker, is full: write it out now */
+	struct worker *link_w;
+	uint64_t turn;        /* link_w->link_turns when it was seen full */
 };
 
+/* Runs under the destination key's forwarder shard lock (the link cannot go away). */
 static void push_forward(void *f, void *arg)
 {
-	struct conn *peer = f;
+	struct conn *link = f;
 	struct fwd_arg *a = arg;
+	struct worker *lw = link->w; /* outbound links never move between workers */
+	struct derp_stats *st = &current_worker->stats;
+	int n;
 
-	sendq_push_pkt(&peer->q, a->fp, a->disco, &current_worker->stats);
-	a->wake = worker_mark_ready(peer);
+	a->link_w = lw;
+	if (!a->may_hold) {
+		/* Held too long (the link takes bytes, but slowly): upstream's queue policy. */
+		n = sendq_push_pkt(&link->q, a->fp, a->disco, st);
+	} else {
+		/* The turn is read before each look at the queue, and the flag set before the
+		 * last look: a take after that look (a full queue is always taken in the end)
+		 * changes the turn and, seeing the flag, wakes us (worker_link_taken). */
+		for (int attempt = 0;; attempt++) {
+			a->turn = __atomic_load_n(&lw->link_turns, __ATOMIC_SEQ_CST);
+			if ((n = sendq_try_push(&link->q, a->fp, a->disco, st)) >= 0)
+				break;
+			if (lw == current_worker || attempt == 1) {
+				a->held = 1; /* (our own link: only this thread takes its queue) */
+				break;
+			}
+			__atomic_store_n(&lw->link_waited, 1, __ATOMIC_SEQ_CST);
+		}
+	}
+	if (lw == current_worker && (a->held || n >= relay.queue_depth))
+		a->flush = link;
+	if (!a->held)
+		a->wake = worker_mark_ready(link);
 }
 
-int mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p, int disco)
+enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p,
+			       int disco, int may_hold)
 {
 	uint32_t n = p->len - FRAME_HEADER_LEN - 32;
 	struct chunk *ch;
 
 	if (!fwd_get(relay.fwd, dst))
-		return 0;
+		return MESH_FWD_NONE;
 	/* ForwardPacket is 32 bytes longer than the RecvPacket we hold: one copy, as
 	 * upstream makes; mesh traffic is the minority. */
 	if (!(ch = chunk_get(FRAME_HEADER_LEN + 64 + n)))
-		return 0;
+		return MESH_FWD_NONE;
 	frame_put_header(ch->data, FRAME_FORWARD_PACKET, 64 + n);
 	memcpy(ch->data + 5, src->key, 32);
 	memcpy(ch->data + 37, dst, 32);
 	memcpy(ch->data + 69, p->frame + FRAME_HEADER_LEN + 32, n);
 	struct pkt fp = { ch, ch->data, FRAME_HEADER_LEN + 64 + n, p->enq_ms };
-	struct fwd_arg a = { &fp, disco, NULL };
-	if (!fwd_with(relay.fwd, dst, push_forward, &a)) {
-		chunk_put(ch); /* the peer went away between the two lookups */
-		return 0;
+	struct fwd_arg a = { &fp, disco, may_hold, 0, NULL, NULL, NULL, 0 };
+	for (int attempt = 0;; attempt++) {
+		a.held = 0;
+		a.flush = NULL;
+		if (!fwd_with(relay.fwd, dst, push_forward, &a)) {
+			chunk_put(ch); /* the peer went away between the two lookups */
+			return MESH_FWD_NONE;
+		}
+		if (a.wake)
+			worker_wake(a.wake);
+		/* The link is ours: write what fills it now, as relay_deliver does for a full
+		 * receiver of our own. Safe outside the lock: only this thread frees it. */
+		if (a.flush && (!a.held || attempt == 0))
+			conn_flush(a.flush);
+		if (!a.held)
+			break;
+		if (a.flush && attempt == 0)
+			continue; /* that write may have made room */
+		/* The sender keeps its own packet (relay_route) and waits; a retry copies it
+		 * again, to whichever link then reaches dst. */
+		chunk_put(ch);
+		src->paused = 1;
+		src->pause_w = a.link_w;
+		src->pause_on = &a.link_w->link_turns;
+		src->pause_turn = a.turn;
+		return MESH_FWD_HELD;
 	}
-	if (a.wake)
-		worker_wake(a.wake);
 	STAT_ADD(&current_worker->stats, packets_forwarded_out, 1);
-	return 1;
+	return MESH_FWD_SENT;
 }
 
 /* ---- outbound mesh connections ---- */
@@ -507,14 +562,17 @@ static void unlearn(void *arg, const uint8_t key[32], uint64_t id)
 		region_gone(key);
 }
 
-void mesh_out_closed(struct conn *c)
+void mesh_out_closed(struct conn *c, const char *why)
 {
 	struct mesh_out *mo = c->mesh;
 
 	/* As upstream on a broken watch connection: everything learned here is gone. */
 	sentto_foreach(mo->learned, unlearn, c);
 	sentto_free(mo->learned);
-	log_info("mesh(\"%s\"): connection closed", mo->name);
+	log_info("mesh(\"%s\"): connection closed: %s", mo->name, why);
+	/* Senders held for room in this link try again: their packets now go to another
+	 * link that reaches the destination, or are dropped as unknown_dest. */
+	worker_link_taken(c->w);
 	mo->on_closed(mo->arg);
 	free(mo->buf);
 	free(mo);

@@ -50,6 +50,9 @@ void sendq_init(struct sendq *q);
  * packet's chunk reference either way. */
 /* Returns the number of packets now in p's queue. */
 int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
+/* The same, but a full queue keeps p (returns -1; the caller still owns it) instead of
+ * dropping the oldest: for senders that wait for room (mesh forwarding). */
+int sendq_try_push(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
 int sendq_full(struct sendq *q, int disco);
 void sendq_push_ctrl(struct sendq *q, const uint8_t *bytes, uint8_t len);
 /* Owner: move up to max packets into out[] (alternating queues) and append whole control
@@ -94,8 +97,11 @@ struct conn {
 	uint8_t on_more;        /* on w->more: its read budget ran out with data left */
 	uint8_t peer_shut;      /* EPOLLRDHUP/HUP/ERR seen: read to the end, not to a short read */
 	uint8_t read_large;     /* reads fill small chunks: use large ones */
-	uint8_t paused;         /* stop parsing: a receiver on another worker is catching up */
-	struct worker *pause_w; /* ... on that worker: parse again once its turn count */
+	uint8_t paused;         /* stop parsing: a receiver on another worker (or a mesh link)
+				 * is catching up ... */
+	struct worker *pause_w; /* ... on that worker: parse again once *pause_on (its turns,
+				 * or its link_turns for a mesh link) */
+	const uint64_t *pause_on;
 	uint64_t pause_turn;    /* has moved on from this */
 	struct pkt held;        /* held.c set: the packet that found that queue full, kept */
 	uint8_t held_dst[32];   /* for it rather than dropped (relay_retry_held) */
@@ -239,6 +245,8 @@ struct worker {
 	int spins;                /* turns in a row more_run found nothing to do (capped) */
 	uint64_t turns;           /* atomic: bumped once queues were taken (worker_turn_done) */
 	int waited_on;            /* atomic: a sender of another worker waits for our turn */
+	uint64_t link_turns;      /* atomic: bumped once a mesh link of ours had its queue taken */
+	int link_waited;          /* atomic: a sender waits for that (worker_link_taken) */
 	uint64_t rbytes;          /* bytes read so far: budgets the backlog's turn */
 	struct conn *grave;       /* closed, freed at the end of the loop iteration */
 	struct conn *conns;       /* every live conn of this worker */
@@ -257,6 +265,11 @@ struct worker {
 } __attribute__((aligned(64)));
 
 #define WORKER_SCRATCH (16 * 1024)
+/* Upstream's write deadline for a packet forwarded to a mesh peer: our outbound link is
+ * cut once it has taken no bytes for this long. A sender held for room in the link waits
+ * a little longer than that at most (the cut releases it first). */
+#define MESH_WRITE_TIMEOUT_MS 5000
+#define MESH_HOLD_MAX_MS (MESH_WRITE_TIMEOUT_MS + 1000)
 #define HTTP_HEAD_TIMEOUT_MS 30000 /* derper's HTTP read timeout, for the request head */
 
 /* Monotonic milliseconds. */
@@ -277,6 +290,9 @@ void worker_read_later(struct conn *c);
 void worker_read_forget(struct conn *c);
 /* w's receivers' queues were taken: wake senders of other workers that wait on them. */
 void worker_turn_done(struct worker *w);
+/* An outbound mesh link of w had its queue taken (or closed): senders held for room in
+ * it try again (mesh_forward_out). */
+void worker_link_taken(struct worker *w);
 /* c waits for rate-limit tokens until c->rate_resume_ms; resume it then, to the ms (the
  * timer wheel's 100 ms ticks would cut a limited client's rate). */
 void worker_rate_wait(struct conn *c);
@@ -343,11 +359,15 @@ void mesh_on_unregister(struct conn *c, int last);
 void mesh_watch(struct conn *c);                  /* WatchConns */
 void mesh_close_peer(const uint8_t key[32]);      /* ClosePeer */
 void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len);
-/* SendPacket to a key not connected here: forward if a mesh peer has it. */
-int mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p, int disco);
+/* SendPacket to a key not connected here: forward if a mesh peer has it. With may_hold,
+ * a packet that finds the link's queue full is not pushed (the sender keeps it and
+ * pauses until the link's worker has taken the queue); else it drops the queue's oldest. */
+enum mesh_fwd { MESH_FWD_NONE, MESH_FWD_SENT, MESH_FWD_HELD };
+enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p,
+			       int disco, int may_hold);
 /* Frames read on an outbound mesh connection; its end. */
 void mesh_out_frame(struct conn *c, uint8_t type, const uint8_t *payload, uint32_t len);
-void mesh_out_closed(struct conn *c);
+void mesh_out_closed(struct conn *c, const char *why);
 /* Worker: take on the outbound connections queued by server_mesh_adopt(). */
 void mesh_out_adopt_pending(struct worker *w);
 

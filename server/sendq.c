@@ -82,6 +82,28 @@ int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_
 	return n;
 }
 
+int sendq_try_push(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st)
+{
+	int qi = disco ? Q_DISCO : Q_REGULAR;
+	int depth = relay.queue_depth, n = -1;
+
+	pthread_mutex_lock(&q->mu);
+	int gone = q->closed;
+	if (!gone && !q->slots && !(q->slots = malloc(sizeof *q->slots * depth * Q_N)))
+		gone = 1; /* out of memory: treat like a vanished receiver */
+	if (!gone && q->n[qi] < depth) {
+		q->slots[qi * depth + (q->head[qi] + q->n[qi]) % depth] = *p;
+		n = ++q->n[qi];
+	}
+	pthread_mutex_unlock(&q->mu);
+	if (gone) {
+		sendq_count_drop(st, DROP_GONE_DISCONNECTED, p);
+		chunk_put(p->c);
+		return 0;
+	}
+	return n;
+}
+
 int sendq_full(struct sendq *q, int disco)
 {
 	pthread_mutex_lock(&q->mu);

@@ -97,6 +97,7 @@ enum cm_lookup relay_deliver(struct conn *src, const uint8_t dst[32], const stru
 	if (a.busy) {
 		src->paused = 1;
 		src->pause_w = a.busy;
+		src->pause_on = &a.busy->turns;
 		src->pause_turn = __atomic_load_n(&a.busy->turns, __ATOMIC_SEQ_CST);
 		__atomic_store_n(&a.busy->waited_on, 1, __ATOMIC_SEQ_CST);
 	}
@@ -139,41 +140,55 @@ void relay_not_here(struct conn *c, const uint8_t dst[32])
 	worker_mark_ready(c);
 }
 
+/* src keeps p (and pauses): it found its receiver's queue, or the mesh link's, full. */
+static void route_hold(struct conn *src, const uint8_t dst[32], const struct pkt *p, int disco)
+{
+	chunk_ref(p->c);
+	src->held = *p;
+	memmove(src->held_dst, dst, 32);
+	src->held_disco = (uint8_t)disco;
+}
+
 void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int disco)
 {
 	struct derp_stats *st = &current_worker->stats;
 	uint64_t dst_id;
 	struct worker *dst_w = NULL;
 	int held = 0;
-	int may_hold = !src->held_ms || current_worker->loop_ms - src->held_ms < HOLD_MAX_MS;
+	/* How long this packet has been held already: a hold ends with a drop after that. */
+	int64_t held_for = src->held_ms ? current_worker->loop_ms - src->held_ms : 0;
 
 	p->enq_ms = (uint32_t)current_worker->loop_ms;
-	switch (relay_deliver(src, dst, p, disco, &dst_id, &dst_w, may_hold ? &held : NULL)) {
+	switch (relay_deliver(src, dst, p, disco, &dst_id, &dst_w,
+			      held_for < HOLD_MAX_MS ? &held : NULL)) {
 	case CM_FOUND:
 		conn_move_note(src, dst_w);
-		if (held) {
-			chunk_ref(p->c);
-			src->held = *p;
-			memmove(src->held_dst, dst, 32);
-			src->held_disco = (uint8_t)disco;
-			if (!src->held_ms)
-				src->held_ms = current_worker->loop_ms;
-		} else {
-			src->held_ms = 0;
-		}
+		if (held)
+			route_hold(src, dst, p, disco);
 		sentto_note(&src->sent, dst, dst_id);
-		return;
+		break;
 	case CM_DUP_FIGHT:
 		sendq_count_drop(st, DROP_DUP_CLIENT, p);
-		return;
+		break;
 	case CM_UNKNOWN:
-		if (mesh_forward_out(src, dst, p, disco))
-			return;
-		sendq_count_drop(st, DROP_UNKNOWN_DEST, p);
-		if (disco)
-			relay_not_here(src, dst);
-		return;
+		switch (mesh_forward_out(src, dst, p, disco, held_for < MESH_HOLD_MAX_MS)) {
+		case MESH_FWD_HELD:
+			route_hold(src, dst, p, disco);
+			break;
+		case MESH_FWD_SENT:
+			break;
+		case MESH_FWD_NONE:
+			sendq_count_drop(st, DROP_UNKNOWN_DEST, p);
+			if (disco)
+				relay_not_here(src, dst);
+			break;
+		}
+		break;
 	}
+	if (!src->held.c)
+		src->held_ms = 0; /* delivered or dropped: the next packet's hold starts afresh */
+	else if (!src->held_ms)
+		src->held_ms = current_worker->loop_ms;
 }
 
 struct gone_arg {

@@ -271,6 +271,16 @@ void worker_turn_done(struct worker *w)
 				worker_wake(&relay.workers[i]);
 }
 
+void worker_link_taken(struct worker *w)
+{
+	__atomic_add_fetch(&w->link_turns, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&w->link_waited, __ATOMIC_SEQ_CST) &&
+	    __atomic_exchange_n(&w->link_waited, 0, __ATOMIC_SEQ_CST))
+		for (int i = 0; i < relay.nworkers; i++)
+			if (&relay.workers[i] != current_worker)
+				worker_wake(&relay.workers[i]);
+}
+
 /* ---- read backlog: connections with more to read than one turn's share ---- */
 
 void worker_read_later(struct conn *c)
@@ -322,8 +332,7 @@ static void more_run(struct worker *w)
 	for (int i = 0; w->more && i < 1024 && w->rbytes - start < MORE_BUDGET; i++) {
 		struct conn *c = w->more;
 		all = c == last;
-		if (c->pause_w && __atomic_load_n(&c->pause_w->turns, __ATOMIC_SEQ_CST) ==
-					  c->pause_turn) {
+		if (c->pause_w && __atomic_load_n(c->pause_on, __ATOMIC_SEQ_CST) == c->pause_turn) {
 			worker_read_forget(c); /* its receiver still full: to the back */
 			worker_read_later(c);
 		} else {
