@@ -66,6 +66,36 @@ static void test_malformed(void **state)
 	}
 }
 
+/* Go's body framing rules: breaking them makes the head malformed (the HTTP server then
+ * answers 400 or 501 as Go does, instead of a DERP upgrade). */
+static void test_framing(void **state)
+{
+	struct http_req r;
+	(void)state;
+	static const char *const ok[] = {
+		"GET /derp HTTP/1.1\r\nContent-Length: 5\r\nContent-Length:  5\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nContent-Length: 0009223372036854775807\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nContent-Length: 3\r\n\r\n",
+		"GET /derp HTTP/1.0\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: x\r\n\r\n",
+	};
+	static const char *const bad[] = {
+		"GET /derp HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+		"GET /derp HTTP/1.1\r\ncontent-length: 6\r\nCONTENT-LENGTH: 5\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nContent-Length: 9223372036854775808\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nContent-Length: 5x\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nContent-Length: \r\n\r\n",
+		"GET /derp HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+		"GET /derp HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+	};
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+		if (parse(ok[i], &r) <= 0)
+			fail_msg("refused %s", ok[i]);
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		if (parse(bad[i], &r) != -1)
+			fail_msg("accepted %s", bad[i]);
+}
+
 static void test_tokens(void **state)
 {
 	struct http_str s = { "keep-alive, Upgrade ,close", 26 };
@@ -83,6 +113,7 @@ int main(void)
 		cmocka_unit_test(test_incomplete_and_bare_lf),
 		cmocka_unit_test(test_first_header_wins),
 		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_framing),
 		cmocka_unit_test(test_tokens),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
