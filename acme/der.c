@@ -7,6 +7,7 @@
 #include <wolfssl/wolfcrypt/asn_public.h>
 #include <wolfssl/wolfcrypt/ed25519.h>
 #include <wolfssl/wolfcrypt/sha256.h>
+#include <wolfssl/wolfcrypt/wolfmath.h>
 
 #include <sodium.h>
 #include <stdio.h>
@@ -450,8 +451,11 @@ int eckey_from_pem(ecc_key *k, const char *pem, size_t len)
 			goto out;
 		idx = (word32)off;
 	}
+	/* wolfSSL takes a private scalar of any length, and exporting one over 256 bits
+	 * writes past its buffer: refuse it, and one that does not match its public key. */
 	if (wc_ecc_init(k) == 0 && wc_EccPrivateKeyDecode(der, &idx, k, (word32)dl) == 0 &&
-	    wc_ecc_get_curve_id(k->idx) == ECC_SECP256R1)
+	    wc_ecc_get_curve_id(k->idx) == ECC_SECP256R1 && mp_count_bits(&k->k) > 0 &&
+	    mp_count_bits(&k->k) <= 256 && (k->type != ECC_PRIVATEKEY || wc_ecc_check_key(k) == 0))
 		rc = 0;
 out:
 	sodium_memzero(der, dl);
