@@ -446,10 +446,9 @@ int eckey_from_pem(ecc_key *k, const char *pem, size_t len)
 	if (der == NULL)
 		return -1;
 	if (strcmp(type, "PRIVATE KEY") == 0) {
-		int off = wc_GetPkcs8TraditionalOffset(der, &idx, (word32)dl);
-		if (off < 0)
+		/* it returns the inner key's length and moves idx to its start */
+		if (wc_GetPkcs8TraditionalOffset(der, &idx, (word32)dl) < 0)
 			goto out;
-		idx = (word32)off;
 	}
 	/* wolfSSL takes a private scalar of any length, and exporting one over 256 bits
 	 * writes past its buffer: refuse it, and one that does not match its public key. */
