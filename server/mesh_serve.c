@@ -355,7 +355,7 @@ void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len)
  * the link drains. */
 struct fwd_arg {
 	const struct pkt *fp;
-	int disco, may_hold;
+	int disco;
 	int held;             /* the queue was full: fp not pushed, still ours */
 	struct worker *wake;
 	struct conn *flush;   /* the link, on our own worker, is full: write it out now */
@@ -373,23 +373,18 @@ static void push_forward(void *f, void *arg)
 	int n;
 
 	a->link_w = lw;
-	if (!a->may_hold) {
-		/* Held too long (the link takes bytes, but slowly): upstream's queue policy. */
-		n = sendq_push_pkt(&link->q, a->fp, a->disco, st);
-	} else {
-		/* The turn is read before each look at the queue, and the flag set before the
-		 * last look: a take after that look (a full queue is always taken in the end)
-		 * changes the turn and, seeing the flag, wakes us (worker_link_taken). */
-		for (int attempt = 0;; attempt++) {
-			a->turn = __atomic_load_n(&lw->link_turns, __ATOMIC_SEQ_CST);
-			if ((n = sendq_try_push(&link->q, a->fp, a->disco, st)) >= 0)
-				break;
-			if (lw == current_worker || attempt == 1) {
-				a->held = 1; /* (our own link: only this thread takes its queue) */
-				break;
-			}
-			__atomic_store_n(&lw->link_waited, 1, __ATOMIC_SEQ_CST);
+	/* The turn is read before each look at the queue, and the flag set before the last
+	 * look: a take after that look (a full queue is always taken in the end) changes the
+	 * turn and, seeing the flag, wakes us (worker_link_taken). */
+	for (int attempt = 0;; attempt++) {
+		a->turn = __atomic_load_n(&lw->link_turns, __ATOMIC_SEQ_CST);
+		if ((n = sendq_try_push(&link->q, a->fp, a->disco, st)) >= 0)
+			break;
+		if (lw == current_worker || attempt == 1) {
+			a->held = 1; /* (our own link: only this thread takes its queue) */
+			break;
 		}
+		__atomic_store_n(&lw->link_waited, 1, __ATOMIC_SEQ_CST);
 	}
 	if (lw == current_worker && (a->held || n >= relay.queue_depth))
 		a->flush = link;
@@ -398,7 +393,7 @@ static void push_forward(void *f, void *arg)
 }
 
 enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p,
-			       int disco, int may_hold)
+			       int disco)
 {
 	uint32_t n = p->len - FRAME_HEADER_LEN - 32;
 	struct chunk *ch;
@@ -414,7 +409,7 @@ enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const st
 	memcpy(ch->data + 37, dst, 32);
 	memcpy(ch->data + 69, p->frame + FRAME_HEADER_LEN + 32, n);
 	struct pkt fp = { ch, ch->data, FRAME_HEADER_LEN + 64 + n, p->enq_ms };
-	struct fwd_arg a = { &fp, disco, may_hold, 0, NULL, NULL, NULL, 0 };
+	struct fwd_arg a = { &fp, disco, 0, NULL, NULL, NULL, 0 };
 	for (int attempt = 0;; attempt++) {
 		a.held = 0;
 		a.flush = NULL;

@@ -267,9 +267,9 @@ struct worker {
 #define WORKER_SCRATCH (16 * 1024)
 /* Upstream's write deadline for a packet forwarded to a mesh peer: our outbound link is
  * cut once it has taken no bytes for this long. A sender held for room in the link waits
- * a little longer than that at most (the cut releases it first). */
+ * while the link takes bytes, however long that is (senders on the link's own worker may
+ * win the room many times over); the cut is what releases it from a stuck one. */
 #define MESH_WRITE_TIMEOUT_MS 5000
-#define MESH_HOLD_MAX_MS (MESH_WRITE_TIMEOUT_MS + 1000)
 #define HTTP_HEAD_TIMEOUT_MS 30000 /* derper's HTTP read timeout, for the request head */
 
 /* Monotonic milliseconds. */
@@ -359,12 +359,12 @@ void mesh_on_unregister(struct conn *c, int last);
 void mesh_watch(struct conn *c);                  /* WatchConns */
 void mesh_close_peer(const uint8_t key[32]);      /* ClosePeer */
 void mesh_forward_in(struct conn *c, uint8_t *frame, uint32_t len);
-/* SendPacket to a key not connected here: forward if a mesh peer has it. With may_hold,
- * a packet that finds the link's queue full is not pushed (the sender keeps it and
- * pauses until the link's worker has taken the queue); else it drops the queue's oldest. */
+/* SendPacket to a key not connected here: forward if a mesh peer has it. A packet that
+ * finds the link's queue full is not pushed: the sender keeps it and pauses until the
+ * link's worker has taken the queue (HELD), for as long as the link takes bytes. */
 enum mesh_fwd { MESH_FWD_NONE, MESH_FWD_SENT, MESH_FWD_HELD };
 enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const struct pkt *p,
-			       int disco, int may_hold);
+			       int disco);
 /* Frames read on an outbound mesh connection; its end. */
 void mesh_out_frame(struct conn *c, uint8_t type, const uint8_t *payload, uint32_t len);
 void mesh_out_closed(struct conn *c, const char *why);

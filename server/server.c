@@ -171,7 +171,7 @@ void relay_route(struct conn *src, const uint8_t dst[32], struct pkt *p, int dis
 		sendq_count_drop(st, DROP_DUP_CLIENT, p);
 		break;
 	case CM_UNKNOWN:
-		switch (mesh_forward_out(src, dst, p, disco, held_for < MESH_HOLD_MAX_MS)) {
+		switch (mesh_forward_out(src, dst, p, disco)) {
 		case MESH_FWD_HELD:
 			route_hold(src, dst, p, disco);
 			break;
