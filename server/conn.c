@@ -98,6 +98,7 @@ static struct conn *conn_setup(struct worker *w, int fd, const struct sockaddr *
 	c->deadline_ms = c->created_ms + HTTP_HEAD_TIMEOUT_MS;
 	if (client_ssl) {
 		c->ssl = client_ssl;
+		tls_conn_attach(c);
 		c->tls_done = 1;
 		c->outbound = 1; /* before anything could count it as a server-side TLS request */
 	} else if (server_tls) {

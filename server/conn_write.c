@@ -197,7 +197,12 @@ int conn_flush(struct conn *c)
 		if (!c->out) {
 			if (!(c->out = build_batch(c, &mesh_batches))) {
 				note_mesh_loops(c, mesh_batches);
-				conn_set_stalled(c, 0);
+				/* TLS output the socket has not taken yet counts as stalled. */
+				conn_set_stalled(c, c->tls_olen != 0);
+				if (ws_closing(c) && !ws_pending(c) && !c->tls_olen) {
+					conn_close(c, "WebSocket closed");
+					return -1;
+				}
 				return 0;
 			}
 			/* Its queue is taken: a sender paused on it may go on (relay_deliver). */
@@ -228,7 +233,7 @@ int conn_flush(struct conn *c)
 		}
 		c->out = NULL;
 		batch_done(c, b);
-		if (ws_closing(c) && !ws_pending(c)) {
+		if (ws_closing(c) && !ws_pending(c) && !c->tls_olen) {
 			conn_close(c, "WebSocket closed");
 			return -1;
 		}
@@ -240,8 +245,16 @@ int conn_flush(struct conn *c)
 
 void conn_on_writable(struct conn *c)
 {
+	/* TLS output kept from before goes first, whatever the state (handshake too). */
+	if (c->tls_olen && tls_flush(c) != 0 && errno != EAGAIN) {
+		if (c->out)
+			write_failed(c, errno);
+		else
+			conn_close(c, strerror(errno));
+		return;
+	}
 	if (c->ssl && !c->tls_done) {
-		/* The handshake may be waiting to write; it reads what follows itself. */
+		/* Its output never waits (tls_io_send); on completion, read what follows. */
 		if (tls_handshake(c) > 0)
 			conn_on_readable(c);
 	} else if (c->state == CS_BRIDGE) {

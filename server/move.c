@@ -51,7 +51,7 @@ static int movable(const struct conn *c)
 	return c->state == CS_RUNNING && c->registered && !c->is_mesh && !c->is_watcher &&
 	       !c->outbound && !c->mesh && !c->bridge && !c->admitting && !c->rate_resume_ms &&
 	       !c->held.c && !c->pause_w && !c->peer_shut && !c->out && !c->llen &&
-	       !c->pong_pending && !c->tls_wbuf && !(c->ws && ws_pending(c)) &&
+	       !c->pong_pending && !c->tls_out && !(c->ws && ws_pending(c)) &&
 	       !__atomic_load_n(&c->close_req, __ATOMIC_ACQUIRE);
 }
 

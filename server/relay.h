@@ -150,8 +150,8 @@ struct conn {
 	/* TLS (tls.c) */
 	struct WOLFSSL *ssl;
 	uint8_t tls_done, tls_version;
-	uint8_t *tls_wbuf;      /* a write wolfSSL asked to be repeated */
-	uint32_t tls_wlen;
+	uint8_t *tls_out;       /* TLS output the socket did not take yet (tls.c) */
+	uint32_t tls_olen;
 	struct bridge *bridge;  /* plain HTTP over TLS, carried to libmicrohttpd */
 	struct ws_conn *ws;     /* DERP over WebSocket (ws_conn.c) */
 
@@ -205,6 +205,10 @@ int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len);
 /* ---- TLS and the HTTP bridge (tls.c) ---- */
 
 int tls_conn_start(struct conn *c);       /* a new connection on a TLS listener */
+void tls_conn_attach(struct conn *c);     /* c->ssl writes through c (an adopted one too) */
+/* Write out the TLS output the socket did not take before: 0 when none is left, else -1
+ * with errno (EAGAIN: still some). conn_writev does this first. */
+int tls_flush(struct conn *c);
 int tls_handshake(struct conn *c);        /* 1 done, 0 in progress, -1 failed (closed) */
 ssize_t conn_recv(struct conn *c, void *buf, size_t len);            /* read(2) or TLS */
 ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n); /* writev(2) or TLS */

@@ -15,12 +15,15 @@
 #include "server/relay.h"
 
 #define TLS_RECORD 16384 /* one TLS record's worth of plaintext per write */
+/* TLS output kept for a peer that does not read: one record and what wolfSSL writes of
+ * its own meanwhile (KeyUpdate answers); beyond that the peer is flooding us with them. */
+#define TLS_OUT_MAX (4 * TLS_RECORD)
 #define BRIDGE_BUF 16384
 
 struct bridge {
 	int fd;                 /* our end of the socketpair; the other is libmicrohttpd's */
 	uint32_t up_len, up_off;     /* client -> HTTP server */
-	uint32_t down_len, down_off; /* HTTP server -> client */
+	uint32_t down_len;           /* HTTP server -> client (wolfSSL takes it whole) */
 	uint8_t up[BRIDGE_BUF], down[BRIDGE_BUF];
 };
 
@@ -34,7 +37,10 @@ void server_set_cert_provider(struct cert_provider *p)
 int tls_conn_start(struct conn *c)
 {
 	c->ssl = cert_provider_ssl_new(provider, c->fd);
-	return c->ssl ? 0 : -1;
+	if (!c->ssl)
+		return -1;
+	tls_conn_attach(c);
+	return 0;
 }
 
 static enum httpd_tls_version tls_version_of(WOLFSSL *ssl)
@@ -79,38 +85,91 @@ ssize_t conn_recv(struct conn *c, void *buf, size_t len)
 	if (r > 0)
 		return r;
 	int err = wolfSSL_get_error(c->ssl, r);
-	if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE) {
+	if (err == WOLFSSL_ERROR_WANT_READ) {
 		errno = EAGAIN;
 		return -1;
 	}
 	if (err == WOLFSSL_ERROR_ZERO_RETURN || err == SOCKET_PEER_CLOSED_E || r == 0)
 		return 0;
-	errno = EPROTO;
+	errno = EPROTO; /* WANT_WRITE too: tls_io_send never asks for it */
 	return -1;
 }
 
-/* One TLS write of n bytes from buf; on WANT_WRITE the bytes are kept for the retry
- * wolfSSL requires (same data, same length). Returns n, or -1 with errno. */
-static ssize_t tls_write_once(struct conn *c, const uint8_t *buf, uint32_t n)
+/* Keep what the socket did not take, behind what is already kept. */
+static int tls_keep(struct conn *c, const char *p, uint32_t n)
+{
+	if (c->tls_olen + n > TLS_OUT_MAX) {
+		log_debug("derpd: conn %llu: %u bytes of TLS output unread by the peer",
+			  (unsigned long long)c->id, c->tls_olen + n);
+		return -1;
+	}
+	uint8_t *b = realloc(c->tls_out, c->tls_olen + n);
+	if (!b)
+		return -1;
+	memcpy(b + c->tls_olen, p, n);
+	c->tls_out = b;
+	c->tls_olen += n;
+	return 0;
+}
+
+/* wolfSSL's send: every byte is taken, onto the socket or into c->tls_out, so wolfSSL
+ * never sees WANT_WRITE. It mishandles that when it writes records of its own from
+ * wolfSSL_read (a KeyUpdate answer, an alert): the record lands over output still
+ * unsent, the read's state is left mid-message, and the next wolfSSL_write is taken as a
+ * retry of an earlier one and skips bytes of the new data. */
+static int tls_io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+	struct conn *c = ctx;
+	ssize_t r = 0;
+
+	(void)ssl;
+	if (!c->tls_olen) {
+		do
+			r = send(c->fd, buf, (size_t)sz, MSG_NOSIGNAL);
+		while (r < 0 && errno == EINTR);
+		if (r < 0 && errno != EAGAIN)
+			return errno == EPIPE || errno == ECONNRESET ? WOLFSSL_CBIO_ERR_CONN_CLOSE
+								      : WOLFSSL_CBIO_ERR_GENERAL;
+		if (r < 0)
+			r = 0;
+	}
+	if (r < sz && tls_keep(c, buf + r, (uint32_t)(sz - r)) != 0)
+		return WOLFSSL_CBIO_ERR_GENERAL;
+	return sz;
+}
+
+void tls_conn_attach(struct conn *c)
+{
+	wolfSSL_SSLSetIOSend(c->ssl, tls_io_send);
+	wolfSSL_SetIOWriteCtx(c->ssl, c);
+}
+
+int tls_flush(struct conn *c)
+{
+	while (c->tls_olen) {
+		ssize_t r = send(c->fd, c->tls_out, c->tls_olen, MSG_NOSIGNAL);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		c->tls_olen -= (uint32_t)r;
+		memmove(c->tls_out, c->tls_out + r, c->tls_olen);
+	}
+	free(c->tls_out); /* an idle connection holds no buffer */
+	c->tls_out = NULL;
+	return 0;
+}
+
+/* One TLS write of n bytes: all of them are taken (tls_io_send), or the connection is
+ * broken. Returns n, or -1 with errno. */
+static ssize_t tls_write(struct conn *c, const uint8_t *buf, uint32_t n)
 {
 	int r = wolfSSL_write(c->ssl, buf, (int)n);
 
-	if (r > 0)
+	if (r == (int)n)
 		return r;
-	int err = wolfSSL_get_error(c->ssl, r);
-	if (err != WOLFSSL_ERROR_WANT_WRITE && err != WOLFSSL_ERROR_WANT_READ) {
-		errno = EPIPE;
-		return -1;
-	}
-	if (buf != c->tls_wbuf) {
-		if (!c->tls_wbuf && !(c->tls_wbuf = malloc(TLS_RECORD))) {
-			errno = ENOMEM;
-			return -1;
-		}
-		memcpy(c->tls_wbuf, buf, n);
-	}
-	c->tls_wlen = n;
-	errno = EAGAIN;
+	errno = r > 0 ? EPROTO : EPIPE; /* a short write: wolfSSL would want the rest retried */
 	return -1;
 }
 
@@ -118,22 +177,16 @@ ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n)
 {
 	if (!c->ssl)
 		return writev(c->fd, iov, n);
+	/* What the socket did not take last time goes first; new records wait behind it, so
+	 * at most one record's worth is ever kept. */
+	if (tls_flush(c) != 0)
+		return -1;
 	ssize_t total = 0;
-	/* A write wolfSSL asked us to repeat: those bytes are the first ones of iov. */
-	if (c->tls_wlen) {
-		ssize_t r = tls_write_once(c, c->tls_wbuf, c->tls_wlen);
-		if (r < 0)
-			return -1;
-		total = r;
-		c->tls_wlen = 0;
-		free(c->tls_wbuf);
-		c->tls_wbuf = NULL;
-	}
 	/* Gather into whole records: fewer, fuller records than one per frame. */
 	uint8_t *stage = c->w->scratch;
-	size_t skip = (size_t)total;
+	size_t skip = 0;
 	int i = 0;
-	while (i < n) {
+	while (i < n && !c->tls_olen) {
 		uint32_t len = 0;
 		while (i < n && len < TLS_RECORD) {
 			const uint8_t *p = iov[i].iov_base;
@@ -156,10 +209,9 @@ ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n)
 		}
 		if (!len)
 			break;
-		ssize_t r = tls_write_once(c, stage, len);
-		if (r < 0)
-			return total ? total : -1;
-		total += r;
+		if (tls_write(c, stage, len) < 0)
+			return -1;
+		total += len;
 	}
 	return total;
 }
@@ -172,8 +224,9 @@ void tls_conn_end(struct conn *c)
 		wolfSSL_free(c->ssl);
 		c->ssl = NULL;
 	}
-	free(c->tls_wbuf);
-	c->tls_wbuf = NULL;
+	free(c->tls_out);
+	c->tls_out = NULL;
+	c->tls_olen = 0;
 	if (c->bridge) {
 		close(c->bridge->fd);
 		free(c->bridge);
@@ -256,23 +309,25 @@ void bridge_pump(struct conn *c)
 				return;
 			}
 		}
-		if (b->down_off < b->down_len) {
-			ssize_t r;
-			if (c->tls_wlen)
-				r = tls_write_once(c, c->tls_wbuf, c->tls_wlen);
-			else
-				r = tls_write_once(c, b->down + b->down_off, b->down_len - b->down_off);
-			if (r > 0) {
-				c->tls_wlen = 0;
-				b->down_off += (uint32_t)r;
+		/* The answer goes out in order: kept TLS output first, then more of it. */
+		if (c->tls_olen) {
+			if (tls_flush(c) == 0) {
 				progress = 1;
 			} else if (errno != EAGAIN) {
 				conn_close(c, "write to client failed");
 				return;
 			}
 		}
-		if (b->down_off == b->down_len) {
-			b->down_off = b->down_len = 0;
+		if (b->down_len && !c->tls_olen) {
+			if (tls_write(c, b->down, b->down_len) < 0) {
+				conn_close(c, "write to client failed");
+				return;
+			}
+			b->down_len = 0;
+			progress = 1;
+		}
+		/* Only once all is on the socket: the HTTP server's EOF ends the connection. */
+		if (!b->down_len && !c->tls_olen) {
 			ssize_t r = read(b->fd, b->down, BRIDGE_BUF);
 			if (r > 0) {
 				b->down_len = (uint32_t)r;

@@ -488,7 +488,7 @@ static int drain(struct worker *w, int64_t now)
 	if (now >= w->drain_until)
 		return 1;
 	for (struct conn *c = w->conns; c; c = c->next)
-		if (c->state == CS_RUNNING && !c->outbound && (c->out || c->llen))
+		if (c->state == CS_RUNNING && !c->outbound && (c->out || c->llen || c->tls_olen))
 			return 0; /* still writing */
 	return 1;
 }
