@@ -38,12 +38,17 @@ E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
 FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
-.PHONY: all deps run test check check-unit check-e2e check-asan check-tsan check-man \
-        check-flags fuzz install clean bench interop
+.PHONY: all deps deps-test run test check check-unit check-e2e check-asan check-tsan check-man \
+        check-flags check-tools fuzz install clean bench interop
 all: derpd $(TOOLS)
 
+# Debian packages by purpose (scripts/deps.sh, README): `deps` what building and running
+# need, `deps-test` that plus the test tools. Plain `make` installs nothing.
 deps:
-	@sh scripts/deps.sh
+	@sh scripts/deps.sh build
+
+deps-test:
+	@sh scripts/deps.sh test
 
 derpd: $(BUILD)/derpd
 	cp $< $@
@@ -85,12 +90,12 @@ run: deps
 	@$(MAKE) --no-print-directory derpd
 	./derpd -dev
 
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory interop
 	@$(MAKE) --no-print-directory check-asan
 
-check: all $(UNIT) $(E2E) check-man check-flags
+check: all $(UNIT) $(E2E) check-man check-flags check-tools
 	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
 
 check-unit: $(BUILD)/derpd $(TOOLS) $(UNIT)
@@ -121,6 +126,10 @@ interop: $(BUILD)/derpd
 check-man:
 	@out=$$(mandoc -T lint -W warning man/*.[0-9] 2>&1); \
 	 if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; echo "man pages: mandoc lint clean"
+
+# The tools' --version, and derpd-bench's output when it knows no server pid.
+check-tools: $(BUILD)/derpd $(TOOLS)
+	@sh test/tools.sh $(BUILD) $(VERSION)
 
 check-flags: derpd
 	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \

@@ -72,7 +72,9 @@ static void usage(FILE *f, int status)
 		"  -w N          requests in flight per socket (default 4)\n"
 		"  -d S          measured seconds (default 5)\n"
 		"  -W S          warm-up seconds, not measured (default 1)\n"
-		"  -j N          client threads (default 1)\n");
+		"  -j N          client threads (default 1)\n"
+		"  --version     print \"derpd-stun-bench VERSION\" and exit\n"
+		"  -h, --help    this text\n");
 	exit(status);
 }
 
@@ -287,7 +289,10 @@ int main(int argc, char **argv)
 	const char *server = NULL;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "6s:c:w:d:W:j:h")) != -1) {
+	static const struct option lo[] = {
+		{ "help", 0, 0, 'h' }, { "version", 0, 0, 'V' }, { 0, 0, 0, 0 },
+	};
+	while ((opt = getopt_long(argc, argv, "6s:c:w:d:W:j:h", lo, NULL)) != -1) {
 		switch (opt) {
 		case '6': v6 = 1; break;
 		case 's': server = optarg; break;
@@ -297,6 +302,7 @@ int main(int argc, char **argv)
 		case 'W': warmup = atof(optarg); break;
 		case 'j': threads = atoi(optarg); break;
 		case 'h': usage(stdout, 0); break;
+		case 'V': printf("derpd-stun-bench %s\n", DERPD_VERSION); return 0;
 		default: usage(stderr, 2);
 		}
 	}

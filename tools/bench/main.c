@@ -94,7 +94,9 @@ static void usage(FILE *f, int status)
 		"  --wait-quiet S      first wait up to S s for the machine to be under 25 %% busy\n"
 		"  --label TEXT        copied into the JSON line\n"
 		"  -q, --quiet         only the JSON line\n"
-		"  --progress, --no-progress   progress line on stderr (default: if a terminal)\n");
+		"  --progress, --no-progress   progress line on stderr (default: if a terminal)\n"
+		"  --version           print \"derpd-bench VERSION\" and exit\n"
+		"  -h, --help          this text\n");
 	exit(status);
 }
 
@@ -114,7 +116,8 @@ static double num(const char *s, const char *what, double lo, double hi)
 int main(int argc, char **argv)
 {
 	enum { O_PID = 256, O_DERPD, O_DERPER, O_DERPD_ARG, O_NGINX, O_RAW, O_UP, O_RW, O_RING, O_DRAIN,
-	       O_PACE, O_IDLE, O_PROCS, O_SETTLE, O_LT, O_SRC, O_TLS, O_LABEL, O_PROG, O_NOPROG, O_QUIET };
+	       O_PACE, O_IDLE, O_PROCS, O_SETTLE, O_LT, O_SRC, O_TLS, O_LABEL, O_PROG, O_NOPROG, O_QUIET,
+	       O_VERSION };
 	static const struct option lo[] = {
 		{ "server", 1, 0, 's' }, { "pid", 1, 0, O_PID }, { "derpd", 1, 0, O_DERPD },
 		{ "derper", 1, 0, O_DERPER },
@@ -127,7 +130,8 @@ int main(int argc, char **argv)
 		{ "settle", 1, 0, O_SETTLE }, { "login-threads", 1, 0, O_LT },
 		{ "src-addrs", 1, 0, O_SRC }, { "tls", 0, 0, O_TLS }, { "label", 1, 0, O_LABEL },
 		{ "quiet", 0, 0, 'q' }, { "progress", 0, 0, O_PROG },
-		{ "no-progress", 0, 0, O_NOPROG }, { "wait-quiet", 1, 0, O_QUIET }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
+		{ "no-progress", 0, 0, O_NOPROG }, { "wait-quiet", 1, 0, O_QUIET }, { "help", 0, 0, 'h' },
+		{ "version", 0, 0, O_VERSION }, { 0, 0, 0, 0 },
 	};
 	int c;
 
@@ -173,6 +177,7 @@ int main(int argc, char **argv)
 		case O_NOPROG: opt.progress = 0; break;
 		case O_QUIET: opt.wait_quiet = num(optarg, "--wait-quiet", 0, 3600); break;
 		case 'h': usage(stdout, 0); break;
+		case O_VERSION: printf("derpd-bench %s\n", DERPD_VERSION); return 0;
 		default: usage(stderr, 2);
 		}
 	}
