@@ -39,7 +39,7 @@ FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
 .PHONY: all deps deps-test run test check check-unit check-e2e check-asan check-tsan check-man \
-        check-flags check-tools fuzz install clean bench interop
+        check-flags check-tools check-systemd fuzz install clean bench interop
 all: derpd $(TOOLS)
 
 # Debian packages by purpose (scripts/deps.sh, README): `deps` what building and running
@@ -95,7 +95,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory interop
 	@$(MAKE) --no-print-directory check-asan
 
-check: all $(UNIT) $(E2E) check-man check-flags check-tools
+check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd
 	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
 
 check-unit: $(BUILD)/derpd $(TOOLS) $(UNIT)
@@ -130,6 +130,10 @@ check-man:
 # The tools' --version, and derpd-bench's output when it knows no server pid.
 check-tools: $(BUILD)/derpd $(TOOLS)
 	@sh test/tools.sh $(BUILD) $(VERSION)
+
+# The unit verifies (systemd-analyze) and derpd runs with its privileges (setpriv, as root).
+check-systemd: $(BUILD)/derpd
+	@sh test/systemd/check.sh $(BUILD)
 
 check-flags: derpd
 	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \
@@ -167,8 +171,15 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	@sh test/fuzz/run.sh "$(BUILD)" "$(FUZZ_SECONDS)" "$(FUZZ_SEED)" "$(FUZZ_RUNS)" \
 	  "$(FUZZ_BUDGET)" $(FUZZ_TARGETS)
 
+# The systemd unit goes where Debian puts packaged units: /lib/systemd/system for
+# PREFIX=/usr, else $(PREFIX)/lib/systemd/system; /etc/default/derpd is never overwritten.
+SYSTEMD_UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -d $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)/etc/default
+	sed 's|^ExecStart=/usr/bin/derpd|ExecStart=$(PREFIX)/bin/derpd|' contrib/systemd/derpd.service \
+	  > $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.service && chmod 0644 $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.service
+	@[ -e $(DESTDIR)/etc/default/derpd ] || install -m 0644 contrib/systemd/derpd.default $(DESTDIR)/etc/default/derpd
 	install -m 0755 derpd $(DESTDIR)$(PREFIX)/bin/derpd
 	install -m 0644 man/derpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/derpd.8
 	@for t in $(TOOLS); do install -m 0755 $$t $(DESTDIR)$(PREFIX)/bin/; done

@@ -4,8 +4,10 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "acme/cert.h"
@@ -16,6 +18,7 @@
 #include "server/key.h"
 #include "server/keyfile.h"
 #include "server/log.h"
+#include "server/notify.h"
 #include "server/ratelimit.h"
 #include "server/server.h"
 #include "stun/stun.h"
@@ -69,6 +72,62 @@ static void stdio_hold(void)
 	}
 }
 
+/* Tell systemd we serve: the listeners are bound, the certificate is loaded (TLS), the
+ * HTTP side and STUN run. STATUS shows in `systemctl status`. */
+static void notify_serving(const struct config *cfg)
+{
+	char status[300];
+	const char *h = cfg->listen_host;
+
+	snprintf(status, sizeof status, strchr(h, ':') ? "serving on [%s]:%d%s" : "serving on %s:%d%s",
+		 h, server_port(), cfg->tls ? " (TLS)" : "");
+	notify_ready(status);
+}
+
+/* The watchdog ping is due: WATCHDOG=1 only if every worker's loop turned within the
+ * watchdog interval, so a wedged worker (not just a wedged main thread) gets derpd
+ * restarted. */
+static void watchdog_ping(int64_t **turns, int *cap)
+{
+	int n = server_worker_turns(*turns, *cap);
+	if (n > *cap) {
+		int64_t *t = realloc(*turns, sizeof **turns * (size_t)n);
+		if (!t) {
+			notify_watchdog_ping(1); /* out of memory is not a stuck worker */
+			return;
+		}
+		*turns = t;
+		*cap = n;
+		n = server_worker_turns(*turns, *cap);
+	}
+	int64_t max_age = (int64_t)(notify_watchdog_usec() / 1000);
+	int ok = notify_workers_fresh(*turns, n, notify_now_ms(), max_age);
+	if (!ok)
+		log_info("derpd: a worker has not turned for %lld ms; withholding the watchdog ping",
+			 (long long)max_age);
+	notify_watchdog_ping(ok);
+}
+
+/* The next SIGINT/SIGTERM/SIGHUP; with a systemd watchdog, pings it while waiting. */
+static int wait_signal(const sigset_t *sigs, int64_t **turns, int *cap)
+{
+	for (;;) {
+		int sig, wait = notify_watchdog_wait_ms();
+		if (wait < 0) {
+			if (sigwait(sigs, &sig) == 0)
+				return sig;
+			continue;
+		}
+		if (wait == 0) {
+			watchdog_ping(turns, cap);
+			continue;
+		}
+		struct timespec ts = { wait / 1000, (long)(wait % 1000) * 1000000 };
+		if ((sig = sigtimedwait(sigs, NULL, &ts)) > 0)
+			return sig;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg;
@@ -78,11 +137,14 @@ int main(int argc, char **argv)
 	struct cert_provider *certs = NULL;
 	sigset_t sigs;
 	int sig, rc;
+	int64_t *turns = NULL;
+	int nturns = 0;
 
 	stdio_hold();
 	if ((rc = config_parse(&cfg, argc, argv)) != 0)
 		return rc;
 	log_verbose = cfg.verbose;
+	notify_init();
 	if (key_init() != 0) {
 		log_info("derpd: libsodium initialisation failed");
 		return 1;
@@ -142,21 +204,27 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	notify_serving(&cfg);
+
 	for (;;) {
-		if (sigwait(&sigs, &sig) != 0)
-			continue;
+		sig = wait_signal(&sigs, &turns, &nturns);
 		if (sig == SIGHUP) {
+			/* systemd holds the unit in "reloading" until the READY=1 after it */
+			notify_reloading();
 			if (cfg.rate_config[0])
 				load_rate_config(&cfg);
 			if (certs)
 				cert_provider_reload(certs);
 			if (!cfg.rate_config[0] && !certs)
 				log_info("derpd: SIGHUP: nothing to reload; ignored");
+			notify_serving(&cfg);
 			continue;
 		}
 		break;
 	}
 	log_info("derpd: %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	notify_stopping();
+	free(turns);
 	mesh_stop();
 	if (stun)
 		stun_stop(stun);

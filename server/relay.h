@@ -248,6 +248,7 @@ struct worker {
 	int more_waiting;         /* everything on it waits for other workers' turns */
 	int spins;                /* turns in a row more_run found nothing to do (capped) */
 	uint64_t turns;           /* atomic: bumped once queues were taken (worker_turn_done) */
+	int64_t turn_ms;          /* atomic: now_ms() at the last loop turn (systemd watchdog) */
 	int waited_on;            /* atomic: a sender of another worker waits for our turn */
 	uint64_t link_turns;      /* atomic: bumped once a mesh link of ours had its queue taken */
 	int link_waited;          /* atomic: a sender waits for that (worker_link_taken) */
@@ -319,6 +320,7 @@ struct relay {
 	struct worker *workers;
 	int nworkers;
 	int queue_depth;
+	int port;              /* the bound listen port (server_port) */
 	int rtt_stats;         /* sample TCP RTT every 10 s (off by TS_DERP_DISABLE_RTT_STATS) */
 	pthread_mutex_t rate_mu;
 	struct rate_config rate; /* applied --rate-config (under rate_mu) */

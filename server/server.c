@@ -371,11 +371,13 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 			return -1;
 		port = bound_port(lfd); /* port 0: every worker joins the first one's port */
 		w->id = i;
+		w->turn_ms = now_ms(); /* before its thread runs: fresh until its first turn */
 		if (worker_start(w, lfd) != 0) {
 			snprintf(err, errlen, "starting worker %d: %s", i, strerror(errno));
 			return -1;
 		}
 	}
+	relay.port = port;
 	char kh[KEY_HEX_LEN + 1];
 	key_to_hex(kh, relay.pub);
 	log_info("derpd: server key %s; %d workers, send queues %d+%d", kh, relay.nworkers,
@@ -385,6 +387,20 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	else
 		log_info("derpd: serving on %s:%d", cfg->listen_host, port);
 	return 0;
+}
+
+int server_port(void)
+{
+	return relay.port;
+}
+
+int server_worker_turns(int64_t *turn_ms, int max)
+{
+	int n = relay.nworkers < max ? relay.nworkers : max;
+
+	for (int i = 0; i < n; i++)
+		turn_ms[i] = __atomic_load_n(&relay.workers[i].turn_ms, __ATOMIC_RELAXED);
+	return relay.nworkers;
 }
 
 void server_stop(void)

@@ -8,6 +8,11 @@
 struct config;
 /* Bind one SO_REUSEPORT listener per worker on cfg's -a and start the workers. */
 int server_start(const struct config *cfg, const uint8_t priv[32], char *err, size_t errlen);
+/* The port the relay listens on (after server_start; -a :0 gives a kernel-chosen one). */
+int server_port(void);
+/* Copy up to max workers' last loop-turn times (CLOCK_MONOTONIC ms) into turn_ms; returns
+ * how many workers there are. For the systemd watchdog: a stuck worker stops turning. */
+int server_worker_turns(int64_t *turn_ms, int max);
 /* Stop accepting, close every connection, join the workers. */
 void server_stop(void);
 /* Free what the workers shared (the map, counters): once nothing reads them any more. */

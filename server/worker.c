@@ -518,6 +518,8 @@ static void *worker_main(void *arg)
 		int n = epoll_wait(w->epfd, evs, 256, wait);
 		/* One clock read per turn serves every packet's queue-time stamp. */
 		w->loop_ms = now_ms();
+		/* The watchdog pinger (main) reads it: a loop that stops turning stops the pings. */
+		__atomic_store_n(&w->turn_ms, w->loop_ms, __ATOMIC_RELAXED);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &tag_listen) {
