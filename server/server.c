@@ -409,9 +409,12 @@ void server_stop(void)
 		__atomic_store_n(&relay.workers[i].stop, 1, __ATOMIC_RELEASE);
 		worker_wake(&relay.workers[i]);
 	}
+	/* Every worker has exited before any eventfd closes: one still closing its
+	 * connections wakes the others (PeerGone) through theirs. */
+	for (int i = 0; i < relay.nworkers; i++)
+		pthread_join(relay.workers[i].thread, NULL);
 	for (int i = 0; i < relay.nworkers; i++) {
 		struct worker *w = &relay.workers[i];
-		pthread_join(w->thread, NULL);
 		close(w->lfd);
 		close(w->epfd);
 		close(w->evfd);
