@@ -171,7 +171,7 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	@sh test/fuzz/run.sh "$(BUILD)" "$(FUZZ_SECONDS)" "$(FUZZ_SEED)" "$(FUZZ_RUNS)" \
 	  "$(FUZZ_BUDGET)" $(FUZZ_TARGETS)
 
-# The systemd unit goes where Debian puts packaged units: /lib/systemd/system for
+# The systemd units go where Debian puts packaged units: /lib/systemd/system for
 # PREFIX=/usr, else $(PREFIX)/lib/systemd/system; /etc/default/derpd is never overwritten.
 SYSTEMD_UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
 install: all
@@ -179,6 +179,7 @@ install: all
 	install -d $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)/etc/default
 	sed 's|^ExecStart=/usr/bin/derpd|ExecStart=$(PREFIX)/bin/derpd|' contrib/systemd/derpd.service \
 	  > $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.service && chmod 0644 $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.service
+	install -m 0644 contrib/systemd/derpd.socket $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.socket
 	@[ -e $(DESTDIR)/etc/default/derpd ] || install -m 0644 contrib/systemd/derpd.default $(DESTDIR)/etc/default/derpd
 	install -m 0755 derpd $(DESTDIR)$(PREFIX)/bin/derpd
 	install -m 0644 man/derpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/derpd.8

@@ -8,6 +8,7 @@
 #include "metrics/internal.h"
 
 #include "server/config.h"
+#include "server/listenfds.h"
 #include "server/log.h"
 #include "server/server.h"
 
@@ -572,9 +573,32 @@ void httpd_log(void *cls, const char *fmt, va_list ap)
 	log_info("http: %s", msg);
 }
 
+/* What accepted connections inherit from their listener. */
+static void listen_tune(int fd)
+{
+	int one = 1;
+
+	if (cfg && cfg->tcp_keepalive_ms > 0) {
+		int secs = cfg->tcp_keepalive_ms < 1000 ? 1 : (int)(cfg->tcp_keepalive_ms / 1000);
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
+	}
+	if (cfg && cfg->tcp_user_timeout_ms > 0) {
+		unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+	}
+}
+
 int httpd_listen_tcp(const char *host, const char *port, const char *what, int *bound,
 		     char *err, size_t errlen)
 {
+	int inherited = listenfds_take(SOCK_STREAM, atoi(port), what); /* derpd.socket */
+	if (inherited >= 0) {
+		listen_tune(inherited);
+		*bound = atoi(port);
+		return inherited;
+	}
 	struct addrinfo hints = { .ai_family = host[0] ? AF_UNSPEC : AF_INET6,
 				  .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
@@ -596,16 +620,7 @@ int httpd_listen_tcp(const char *host, const char *port, const char *what, int *
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 		if (sa->sa_family == AF_INET6 && !host[0])
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-		if (cfg && cfg->tcp_keepalive_ms > 0) {
-			int secs = cfg->tcp_keepalive_ms < 1000 ? 1 : (int)(cfg->tcp_keepalive_ms / 1000);
-			setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-			setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
-			setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &secs, sizeof secs);
-		}
-		if (cfg && cfg->tcp_user_timeout_ms > 0) {
-			unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
-			setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
-		}
+		listen_tune(fd);
 	}
 	if (fd < 0 || bind(fd, sa, sl) != 0 || listen(fd, 128) != 0) {
 		snprintf(err, errlen, "%s: %s", what, strerror(errno));

@@ -17,6 +17,7 @@
 #include "server/config.h"
 #include "server/key.h"
 #include "server/keyfile.h"
+#include "server/listenfds.h"
 #include "server/log.h"
 #include "server/notify.h"
 #include "server/ratelimit.h"
@@ -145,6 +146,10 @@ int main(int argc, char **argv)
 		return rc;
 	log_verbose = cfg.verbose;
 	notify_init();
+	if (listenfds_init(err, sizeof err) != 0) {
+		log_info("derpd: %s", err);
+		return 1;
+	}
 	if (key_init() != 0) {
 		log_info("derpd: libsodium initialisation failed");
 		return 1;
@@ -195,7 +200,8 @@ int main(int argc, char **argv)
 		log_info("derpd: %s", err);
 		return 1;
 	}
-	if (server_start(&cfg, priv, err, sizeof err) != 0) {
+	if (server_start(&cfg, priv, err, sizeof err) != 0 ||
+	    listenfds_check_unused(err, sizeof err) != 0) {
 		log_info("derpd: %s", err);
 		return 1;
 	}

@@ -236,6 +236,7 @@ struct worker {
 	pthread_t thread;
 	int epfd, evfd, lfd;
 	int stop, listen_paused;
+	int listen_shared;        /* lfd is a duplicate of one socket every worker accepts from */
 	long accept_fails;        /* accepts that found no descriptor, this episode */
 	int64_t accept_fail_ms, accept_fail_last; /* when the episode began, its last one */
 	int64_t drain_until;      /* shutting down: Restarting sent, flushing until then */

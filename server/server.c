@@ -1,6 +1,7 @@
 /* The relay as a whole: listeners and workers, packet routing between connections, and
  * the read-only views other modules use (stats, client list, consistency check). */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "server/frame.h"
 #include "server/hll.h"
 #include "server/key.h"
+#include "server/listenfds.h"
 #include "server/log.h"
 #include "server/relay.h"
 #include "server/sentto.h"
@@ -227,6 +229,15 @@ void relay_send_gone(const uint8_t key[32], const struct sentto *set)
 
 /* ---- listeners ---- */
 
+/* What accepted connections inherit from their listener. */
+static void listen_tune(const struct config *cfg, int fd)
+{
+	if (cfg->tcp_user_timeout_ms > 0) {
+		unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+	}
+}
+
 /* A listening socket on host:port (host "" = all interfaces: one dual-stack IPv6 socket,
  * as Go does, or IPv4 only on a host without IPv6). */
 static int listen_socket(const struct config *cfg, int port, int reuseport, char *err,
@@ -265,10 +276,7 @@ static int listen_socket(const struct config *cfg, int port, int reuseport, char
 		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
 	if (res->ai_family == AF_INET6 && !cfg->listen_host[0])
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
-	if (cfg->tcp_user_timeout_ms > 0) {
-		unsigned ms = (unsigned)cfg->tcp_user_timeout_ms;
-		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
-	}
+	listen_tune(cfg, fd);
 	if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0)
 		goto fail;
 	freeaddrinfo(res);
@@ -356,7 +364,12 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	memset(relay.workers, 0, sizeof(struct worker) * relay.nworkers);
 	pthread_barrier_init(&relay.stop_barrier, NULL, (unsigned)relay.nworkers);
 	int port = cfg->listen_port;
-	if (port) {
+	/* From derpd.socket: one socket every worker accepts from (EPOLLEXCLUSIVE wakes one
+	 * of them per connection), held by systemd while derpd restarts. */
+	int inherited = port ? listenfds_take(SOCK_STREAM, port, "-a") : -1;
+	if (inherited >= 0)
+		listen_tune(cfg, inherited);
+	else if (port) {
 		/* SO_REUSEPORT would let a second derpd (same user) share the port and split the
 		 * traffic; a probe without it fails like derper does if the port is taken. */
 		int probe = listen_socket(cfg, port, 0, err, errlen);
@@ -366,9 +379,14 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	}
 	for (int i = 0; i < relay.nworkers; i++) {
 		struct worker *w = &relay.workers[i];
-		int lfd = listen_socket(cfg, port, 1, err, errlen);
-		if (lfd < 0)
+		int lfd = inherited >= 0 ? fcntl(inherited, F_DUPFD_CLOEXEC, 0)
+					 : listen_socket(cfg, port, 1, err, errlen);
+		if (lfd < 0) {
+			if (inherited >= 0)
+				snprintf(err, errlen, "dup: %s", strerror(errno));
 			return -1;
+		}
+		w->listen_shared = inherited >= 0;
 		port = bound_port(lfd); /* port 0: every worker joins the first one's port */
 		w->id = i;
 		w->turn_ms = now_ms(); /* before its thread runs: fresh until its first turn */
@@ -377,6 +395,8 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 			return -1;
 		}
 	}
+	if (inherited >= 0)
+		close(inherited); /* each worker holds a duplicate */
 	relay.port = port;
 	char kh[KEY_HEX_LEN + 1];
 	key_to_hex(kh, relay.pub);

@@ -385,7 +385,9 @@ void worker_batch_put(struct worker *w, struct outbatch *b)
 
 static void listen_pause(struct worker *w, int pause)
 {
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &tag_listen };
+	/* A shared (inherited) listener wakes one worker per connection, not all of them. */
+	struct epoll_event ev = { .events = EPOLLIN | (w->listen_shared ? EPOLLEXCLUSIVE : 0),
+				  .data.ptr = &tag_listen };
 
 	if (pause == w->listen_paused)
 		return;

@@ -2,6 +2,7 @@
  * answering in recvmmsg/sendmmsg batches. It shares nothing with the relay but four
  * atomic counters, so relay load can never stall it (and it never waits on a worker). */
 #include "stun/stun.h"
+#include "server/listenfds.h"
 #include "server/log.h"
 
 #include <arpa/inet.h>
@@ -406,7 +407,13 @@ struct stun_server *stun_start(const char *host, int port, char *err, size_t err
 	}
 	if (!host)
 		host = "";
-	if ((host[0] ? bind_host(s, host, port, err, errlen) : bind_all(s, port, err, errlen)) < 0)
+	/* From derpd.socket (ListenDatagram=): one dual-stack socket, or one per family. */
+	for (int fd; port && s->nfd < 2 && (fd = listenfds_take(SOCK_DGRAM, port, "-stun-port")) >= 0;) {
+		s->fd[s->nfd++] = fd;
+		s->port = port;
+	}
+	if (!s->nfd &&
+	    (host[0] ? bind_host(s, host, port, err, errlen) : bind_all(s, port, err, errlen)) < 0)
 		goto fail;
 	s->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->stopfd < 0) {

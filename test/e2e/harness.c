@@ -110,6 +110,34 @@ void harness_dump_log(const struct harness_server *s)
 	}
 }
 
+static int inherit_fds[8], inherit_n;
+
+void harness_inherit(const int *fds, int n)
+{
+	assert_true(n >= 0 && n <= 8);
+	memcpy(inherit_fds, fds, sizeof *fds * (size_t)n);
+	inherit_n = n;
+}
+
+/* In the child: the inherited sockets at 3, 4, ... (moved above the range first, so
+ * placing one never overwrites another) and the variables that name them. */
+static void inherit_place(void)
+{
+	int tmp[8];
+	char v[32];
+
+	for (int i = 0; i < inherit_n; i++)
+		tmp[i] = fcntl(inherit_fds[i], F_DUPFD, 3 + inherit_n);
+	for (int i = 0; i < inherit_n; i++) {
+		dup2(tmp[i], 3 + i); /* dup2 clears close-on-exec */
+		close(tmp[i]);
+	}
+	snprintf(v, sizeof v, "%d", inherit_n);
+	setenv("LISTEN_FDS", v, 1);
+	snprintf(v, sizeof v, "%d", (int)getpid());
+	setenv("LISTEN_PID", v, 1);
+}
+
 struct harness_server *harness_start(const char *const *extra)
 {
 	return harness_start_opts(extra, 0);
@@ -157,11 +185,14 @@ struct harness_server *harness_start_opts(const char *const *extra, unsigned fla
 		int nul = open("/dev/null", O_RDONLY);
 		if (nul >= 0)
 			dup2(nul, 0);
+		if (inherit_n)
+			inherit_place();
 		execv(bin, (char *const *)argv);
 		fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
 		_exit(127);
 	}
 	close(logfd);
+	inherit_n = 0;
 
 	int64_t end = harness_now_ms() + START_TIMEOUT_MS;
 	while (!(s->port = logged_port(s))) {

@@ -28,6 +28,9 @@ struct harness_server *harness_start(const char *const *extra);
  * cannot reach (a TLS certificate for a DNS name only); the caller learns the key. */
 #define HARNESS_NO_PROBE 2u
 struct harness_server *harness_start_opts(const char *const *extra, unsigned flags);
+/* Sockets the next harness_start* hands derpd as a service manager does (from descriptor
+ * 3 on, LISTEN_FDS, LISTEN_PID = derpd's pid); used once, then forgotten. */
+void harness_inherit(const int *fds, int n);
 /* SIGTERM, wait up to 10 s (then SIGKILL and fail); with pid set to 0 (the test reaped
  * derpd itself) only the log checks run. Fails if the log shows a sanitizer
  * report. Removes the directory unless DERPD_KEEP_TMP is set. NULL is ignored. */

@@ -1,8 +1,9 @@
 #!/bin/sh
 # check.sh BUILD: the systemd unit (contrib/systemd) is valid and derpd runs under its
 # hardening, as far as that can be shown without systemd as PID 1:
-# 1. systemd-analyze verify accepts the unit (a copy whose ExecStart is the built binary:
-#    verify fails on a missing /usr/bin/derpd);
+# 1. systemd-analyze verify accepts the units (a copy whose ExecStart is the built binary:
+#    verify fails on a missing /usr/bin/derpd), and derpd.socket's ports are listeners in
+#    the default file's flags;
 # 2. as root with setpriv: derpd as an unprivileged user with no-new-privs and only
 #    CAP_NET_BIND_SERVICE (ambient, bounding set) binds a port below 1024, reads
 #    /etc/default/derpd-style flags from the default file's syntax, serves, and stops with
@@ -17,13 +18,14 @@ trap 'rm -rf "$tmp"' EXIT
 if command -v systemd-analyze >/dev/null 2>&1; then
 	sed "s|^ExecStart=/usr/bin/derpd|ExecStart=$bin|" contrib/systemd/derpd.service \
 		> "$tmp/derpd.service"
+	cp contrib/systemd/derpd.socket "$tmp/derpd.socket"
 	# verify runs man for Documentation=man:derpd(8): point it at ours.
 	mkdir -p "$tmp/man/man8" && cp man/derpd.8 "$tmp/man/man8/"
-	if out=$(MANPATH="$tmp/man" systemd-analyze verify "$tmp/derpd.service" 2>&1) &&
-	   [ -z "$out" ]; then
-		echo "systemd: systemd-analyze verify derpd.service: clean"
+	if out=$(MANPATH="$tmp/man" systemd-analyze verify "$tmp/derpd.service" \
+		 "$tmp/derpd.socket" 2>&1) && [ -z "$out" ]; then
+		echo "systemd: systemd-analyze verify derpd.service derpd.socket: clean"
 	else
-		echo "systemd: systemd-analyze verify derpd.service:"; echo "$out"; fail=1
+		echo "systemd: systemd-analyze verify derpd.service derpd.socket:"; echo "$out"; fail=1
 	fi
 else
 	echo "systemd: systemd-analyze not installed; unit not verified"
@@ -33,6 +35,28 @@ fi
 DERPD_FLAGS=
 . ./contrib/systemd/derpd.default
 [ -n "$DERPD_FLAGS" ] || { echo "systemd: derpd.default sets no DERPD_FLAGS"; fail=1; }
+
+# Every port of derpd.socket is a listener's in the default flags (derpd refuses to start
+# with a socket no listener wants): TCP ones -a / -http-port, the UDP one -stun-port.
+set -- $DERPD_FLAGS
+a_port= http_port= stun_port=
+while [ $# -gt 1 ]; do
+	case $1 in
+	-a) a_port=${2##*:} ;;
+	-http-port) http_port=$2 ;;
+	-stun-port) stun_port=$2 ;;
+	esac
+	shift
+done
+for p in $(sed -n 's/^ListenStream=\(.*:\)\{0,1\}//p' contrib/systemd/derpd.socket); do
+	[ "$p" = "$a_port" ] || [ "$p" = "$http_port" ] ||
+		{ echo "systemd: derpd.socket ListenStream=$p matches no TCP listener in DERPD_FLAGS"; fail=1; }
+done
+for p in $(sed -n 's/^ListenDatagram=\(.*:\)\{0,1\}//p' contrib/systemd/derpd.socket); do
+	[ "$p" = "$stun_port" ] ||
+		{ echo "systemd: derpd.socket ListenDatagram=$p is not -stun-port in DERPD_FLAGS"; fail=1; }
+done
+[ $fail = 0 ] && echo "systemd: derpd.socket's ports are the default flags' listeners"
 
 if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1 &&
    [ "$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)" -gt 900 ]; then
