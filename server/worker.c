@@ -2,6 +2,7 @@
  * list. Every connection accepted here lives and dies on this thread. */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -615,5 +616,11 @@ int worker_start(struct worker *w, int lfd)
 		return -1;
 	w->listen_paused = 1;
 	listen_pause(w, 0);
-	return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : -1;
+	if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+		return -1;
+	/* "derpd-w3" in top -H, perf and /proc/<pid>/task/<tid>/comm (tests find it). */
+	char name[16];
+	snprintf(name, sizeof name, "derpd-w%d", w->id);
+	pthread_setname_np(w->thread, name);
+	return 0;
 }

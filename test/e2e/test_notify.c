@@ -2,6 +2,7 @@
  * sends READY=1 once it serves, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 +
  * MONOTONIC_USEC then READY=1 around SIGHUP, STOPPING=1 on SIGTERM. The test is the
  * service manager: it binds the datagram socket and reads what arrives, in order. */
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -252,12 +254,80 @@ static void test_tls_ready(void **state)
 	tu_rmdir(dir);
 }
 
+/* The thread of worker 0 (named "derpd-w0"), or -1. */
+static pid_t worker_tid(pid_t pid)
+{
+	char path[320], comm[32];
+	pid_t found = -1;
+	DIR *d;
+
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	if (!(d = opendir(path)))
+		return -1;
+	for (struct dirent *e; found < 0 && (e = readdir(d));) {
+		snprintf(path, sizeof path, "/proc/%d/task/%s/comm", (int)pid, e->d_name);
+		FILE *f = fopen(path, "r");
+		if (f && fgets(comm, sizeof comm, f) && !strcmp(comm, "derpd-w0\n"))
+			found = (pid_t)atoi(e->d_name);
+		if (f)
+			fclose(f);
+	}
+	closedir(d);
+	return found;
+}
+
+/* A stuck worker: one worker thread stopped by ptrace (the rest of derpd runs on) makes
+ * derpd withhold its pings, and say so; let go, the pings come back. */
+static void test_stuck_worker(void **state)
+{
+	(void)state;
+	struct nsock n;
+	char msg[512];
+	int pings = 0, st;
+	const char *extra[] = { "--workers", "2", NULL };
+
+	nsock_open(&n, 0);
+	struct harness_server *s = start(&n, "400000", NULL, extra, 0);
+	assert_true(nsock_recv(&n, msg, sizeof msg, MSG_TIMEOUT_MS) > 0);
+	assert_non_null(has_line(msg, "READY=1"));
+	assert_true(nsock_recv(&n, msg, sizeof msg, MSG_TIMEOUT_MS) > 0);
+	assert_string_equal(msg, "WATCHDOG=1");
+
+	pid_t tid = worker_tid(s->pid);
+	assert_true(tid > 0);
+	assert_int_equal(ptrace(PTRACE_SEIZE, tid, 0, 0), 0);
+	assert_int_equal(ptrace(PTRACE_INTERRUPT, tid, 0, 0), 0);
+	assert_int_equal(waitpid(tid, &st, __WALL), tid);
+	assert_true(WIFSTOPPED(st));
+
+	/* Pings due before the worker's last turn grew older than the interval (400 ms) may
+	 * still come; then a whole second of silence, within 10 s. */
+	int64_t end = harness_now_ms() + MSG_TIMEOUT_MS;
+	while (nsock_recv(&n, msg, sizeof msg, 1000) > 0) {
+		assert_string_equal(msg, "WATCHDOG=1");
+		if (harness_now_ms() > end)
+			fail_msg("derpd kept pinging with a worker stopped");
+	}
+	assert_true(harness_log_contains(s, "withholding the watchdog ping"));
+
+	assert_int_equal(ptrace(PTRACE_DETACH, tid, 0, 0), 0);
+	assert_true(nsock_recv(&n, msg, sizeof msg, MSG_TIMEOUT_MS) > 0);
+	assert_string_equal(msg, "WATCHDOG=1");
+	struct derp_client *a = harness_client(s, NULL), *b = harness_client(s, NULL);
+	harness_relay_check(a, b);
+	derp_client_close(a);
+	derp_client_close(b);
+	stop_checked(s, &n, &pings);
+	nsock_close(&n);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_lifecycle),
 		cmocka_unit_test(test_abstract_other_pid),
 		cmocka_unit_test(test_tls_ready),
+		cmocka_unit_test(test_stuck_worker),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
