@@ -45,6 +45,14 @@ WOLFSSL *cert_provider_ssl_new(struct cert_provider *p, int fd);
  * itself). Live connections are never touched. */
 int cert_provider_reload(struct cert_provider *p);
 
+/* Whether TLS works yet, for READY=1 (main thread). CERT_SERVING: manual mode, a cached
+ * ACME certificate, or the first one obtained (and --acme-ip-certs alone, whose
+ * certificates are per local address, asked for by the first handshake to each);
+ * CERT_PENDING: the first ACME order for --hostname is under way; CERT_FAILED: it failed
+ * (logged; retried after a back-off). */
+enum cert_state { CERT_SERVING, CERT_PENDING, CERT_FAILED };
+enum cert_state cert_provider_state(struct cert_provider *p);
+
 /* Port-80 handler (SERVER.md §6.6, §10.4): the answer for an HTTP-01 challenge path.
  * path: the request path ("/.well-known/acme-challenge/<token>"). Returns the body
  * length written to buf (Content-Type text/plain, status 200); 0 if the path is under

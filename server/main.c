@@ -75,13 +75,13 @@ static void stdio_hold(void)
 
 /* Tell systemd we serve: the listeners are bound, the certificate is loaded (TLS), the
  * HTTP side and STUN run. STATUS shows in `systemctl status`. */
-static void notify_serving(const struct config *cfg)
+static void notify_serving(const struct config *cfg, const char *note)
 {
-	char status[300];
+	char status[400];
 	const char *h = cfg->listen_host;
 
-	snprintf(status, sizeof status, strchr(h, ':') ? "serving on [%s]:%d%s" : "serving on %s:%d%s",
-		 h, server_port(), cfg->tls ? " (TLS)" : "");
+	snprintf(status, sizeof status, strchr(h, ':') ? "serving on [%s]:%d%s%s" : "serving on %s:%d%s%s",
+		 h, server_port(), cfg->tls ? " (TLS)" : "", note);
 	notify_ready(status);
 }
 
@@ -109,12 +109,18 @@ static void watchdog_ping(int64_t **turns, int *cap)
 	notify_watchdog_ping(ok);
 }
 
-/* The next SIGINT/SIGTERM/SIGHUP; with a systemd watchdog, pings it while waiting. */
-static int wait_signal(const sigset_t *sigs, int64_t **turns, int *cap)
+/* The next SIGINT/SIGTERM/SIGHUP, or 0 once timeout_ms passes (-1: never); with a systemd
+ * watchdog, pings it while waiting. */
+static int wait_signal(const sigset_t *sigs, int64_t **turns, int *cap, int timeout_ms)
 {
+	int64_t end = timeout_ms < 0 ? -1 : notify_now_ms() + timeout_ms;
+
 	for (;;) {
 		int sig, wait = notify_watchdog_wait_ms();
-		if (wait < 0) {
+		int64_t left = end < 0 ? -1 : end - notify_now_ms();
+		if (end >= 0 && left <= 0)
+			return 0;
+		if (wait < 0 && left < 0) {
 			if (sigwait(sigs, &sig) == 0)
 				return sig;
 			continue;
@@ -123,10 +129,43 @@ static int wait_signal(const sigset_t *sigs, int64_t **turns, int *cap)
 			watchdog_ping(turns, cap);
 			continue;
 		}
+		if (wait < 0 || (left >= 0 && left < wait))
+			wait = (int)left;
 		struct timespec ts = { wait / 1000, (long)(wait % 1000) * 1000000 };
 		if ((sig = sigtimedwait(sigs, NULL, &ts)) > 0)
 			return sig;
 	}
+}
+
+/* ACME: READY=1 waits for the first certificate of --hostname (or its first attempt to
+ * fail, or CERT_WAIT_MS), so a unit ordered after derpd finds TLS working; STATUS says
+ * what derpd waits for meanwhile. Returns a signal that came first, else 0; *note tells
+ * READY's STATUS what became of the certificate. */
+#define CERT_WAIT_MS 60000
+static int wait_first_cert(struct cert_provider *certs, const struct config *cfg,
+			   const sigset_t *sigs, int64_t **turns, int *cap, const char **note)
+{
+	int64_t end = notify_now_ms() + CERT_WAIT_MS;
+	char status[400];
+	enum cert_state st;
+
+	*note = "";
+	if (!certs || (st = cert_provider_state(certs)) == CERT_SERVING)
+		return 0;
+	snprintf(status, sizeof status, "STATUS=listening; obtaining a certificate for %s",
+		 cfg->hostname);
+	notify_send(status);
+	while (st == CERT_PENDING && notify_now_ms() < end) {
+		int sig = wait_signal(sigs, turns, cap, 100);
+		if (sig && sig != SIGHUP) /* nothing to reload before the first certificate */
+			return sig;
+		st = cert_provider_state(certs);
+	}
+	if (st == CERT_FAILED)
+		*note = "; no certificate yet: the first ACME order failed (see the log), retrying";
+	else if (st == CERT_PENDING)
+		*note = "; no certificate yet: the ACME order is still under way";
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -210,10 +249,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	notify_serving(&cfg);
+	const char *note;
+	sig = wait_first_cert(certs, &cfg, &sigs, &turns, &nturns, &note);
+	if (!sig)
+		notify_serving(&cfg, note);
 
-	for (;;) {
-		sig = wait_signal(&sigs, &turns, &nturns);
+	while (!sig) {
+		sig = wait_signal(&sigs, &turns, &nturns, -1);
 		if (sig == SIGHUP) {
 			/* systemd holds the unit in "reloading" until the READY=1 after it */
 			notify_reloading();
@@ -223,10 +265,9 @@ int main(int argc, char **argv)
 				cert_provider_reload(certs);
 			if (!cfg.rate_config[0] && !certs)
 				log_info("derpd: SIGHUP: nothing to reload; ignored");
-			notify_serving(&cfg);
-			continue;
+			notify_serving(&cfg, "");
+			sig = 0;
 		}
-		break;
 	}
 	log_info("derpd: %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
 	notify_stopping();

@@ -396,7 +396,9 @@ static void issue_with(int challenges, const char *host)
 	p = cert_provider_start_ex(&c, server_pub, challenges, err, sizeof err);
 	assert_non_null(p);
 	serving = p;
+	assert_int_not_equal(cert_provider_state(p), CERT_FAILED); /* pending, or done */
 	assert_int_equal(wait_cert(p, host, &ci), 0);
+	assert_int_equal(cert_provider_state(p), CERT_SERVING);
 	assert_true(ci.not_after > time(NULL) + 86400);
 	/* derper's (autocert's) cache layout, private files 0600 */
 	snprintf(path, sizeof path, "%s/%s", certdir, host);
@@ -431,6 +433,7 @@ static void issue_with(int challenges, const char *host)
 	c.acme_directory = "https://127.0.0.1:1/dir";
 	p = cert_provider_start_ex(&c, server_pub, challenges, err, sizeof err);
 	assert_non_null(p);
+	assert_int_equal(cert_provider_state(p), CERT_SERVING); /* READY=1 at once */
 	{
 		uint8_t leaf[4096];
 		size_t n = sizeof leaf;

@@ -4,6 +4,7 @@
  * service manager: it binds the datagram socket and reads what arrives, in order. */
 #include <dirent.h>
 #include <errno.h>
+#include <sched.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -254,6 +255,37 @@ static void test_tls_ready(void **state)
 	tu_rmdir(dir);
 }
 
+/* Let's Encrypt mode without a cached certificate: STATUS says derpd is obtaining one, and
+ * READY=1 waits for the first order to end (here it fails: the CA is unreachable) and
+ * says so. */
+static void test_acme_ready_waits(void **state)
+{
+	(void)state;
+	struct nsock n;
+	char msg[512], cd[96], dir[64];
+	int pings = 0;
+
+	tu_tmpdir(dir, sizeof dir);
+	snprintf(cd, sizeof cd, "%s/certs", dir);
+	/* ACME modes serve TLS only on port 443, as derper: free in our network namespace. */
+	const char *extra[] = { "-a", "127.0.0.1:443", "-certmode", "letsencrypt",
+				"-hostname", "derp.acme.test",
+				"-certdir", cd, "--acme-directory", "https://127.0.0.1:1/dir",
+				"-http-port", "-1", NULL };
+	nsock_open(&n, 0);
+	struct harness_server *s = start(&n, NULL, NULL, extra, HARNESS_TLS | HARNESS_NO_PROBE);
+	assert_true(nsock_recv(&n, msg, sizeof msg, MSG_TIMEOUT_MS) > 0);
+	assert_null(has_line(msg, "READY=1"));
+	assert_non_null(strstr(msg, "STATUS=listening; obtaining a certificate for derp.acme.test"));
+	assert_true(nsock_recv(&n, msg, sizeof msg, MSG_TIMEOUT_MS) > 0);
+	assert_non_null(has_line(msg, "READY=1"));
+	assert_non_null(strstr(msg, "first ACME order failed"));
+	assert_true(harness_log_contains(s, "getting cert for derp.acme.test"));
+	stop_checked(s, &n, &pings);
+	nsock_close(&n);
+	tu_rmdir(dir);
+}
+
 /* The thread of worker 0 (named "derpd-w0"), or -1. */
 static pid_t worker_tid(pid_t pid)
 {
@@ -323,10 +355,17 @@ static void test_stuck_worker(void **state)
 
 int main(void)
 {
+	/* A network namespace of our own (as root), so port 443 is ours. */
+	if (unshare(CLONE_NEWNET) != 0 || system("ip link set lo up") != 0) {
+		fprintf(stderr, "test_notify: unshare(CLONE_NEWNET) or ip link: %s (needs root)\n",
+			strerror(errno));
+		return 1;
+	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_lifecycle),
 		cmocka_unit_test(test_abstract_other_pid),
 		cmocka_unit_test(test_tls_ready),
+		cmocka_unit_test(test_acme_ready_waits),
 		cmocka_unit_test(test_stuck_worker),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
