@@ -13,6 +13,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,10 @@ static struct {
 	int have_key;
 	uint8_t priv[32], pub[32];
 	const char *ca_file; /* --mesh-ca-file, NULL = the system's roots */
+	int64_t secret_version; /* -secrets-url: the setec version in use (under mu) */
+	int secret_cached;      /* ... taken from the cache at start-up */
+	pthread_t secrets_thread;
+	int secrets_running;
 	struct peer *peers;
 	size_t npeers;
 } mesh = { .mu = PTHREAD_MUTEX_INITIALIZER };
@@ -158,6 +163,17 @@ int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[KEY_H
 		}
 		log_info("Set mesh key from %s", MESH_KEY_ENV);
 		rc = mesh_parse_key(v, strlen(v), key, key_text, err, errlen);
+	} else if (cfg->secrets_url && cfg->secrets_url[0]) {
+		char value[512];
+		if (mesh_secrets_load(cfg, value, sizeof value, &mesh.secret_version,
+				      &mesh.secret_cached, err, errlen) != 0)
+			return -1;
+		if (value[0] == '\0') {
+			log_info("No mesh key configured");
+			return 0;
+		}
+		rc = mesh_parse_key(value, strlen(value), key, key_text, err, errlen);
+		sodium_memzero(value, sizeof value);
 	} else if (cfg->mesh_psk_file && cfg->mesh_psk_file[0]) {
 		if (read_key_file(cfg->mesh_psk_file, &text, &len, err, errlen) != 0)
 			return -1;
@@ -408,15 +424,20 @@ static struct derp_client *login(struct peer *p, int *self, char *err, size_t er
 		snprintf(err, errlen, "dup: %s", strerror(errno));
 		return NULL;
 	}
-	char name[256];
+	char name[256], key_text[KEY_HEX_LEN + 1];
+	uint8_t key[32];
 	tls_name(&p->t, name, sizeof name);
+	pthread_mutex_lock(&mesh.mu); /* a new setec version may replace it meanwhile */
+	memcpy(key, mesh.key, sizeof key);
+	memcpy(key_text, mesh.key_text, sizeof key_text);
+	pthread_mutex_unlock(&mesh.mu);
 	struct derp_client_opts o = {
 		.private_key = mesh.priv,
-		.mesh_key = mesh.key,
+		.mesh_key = key,
 		/* The key as the operator wrote it, not re-encoded: derpers before key.DERPMesh
 		 * (2025) compare the ClientInfo text with their file's, so an upper-case key
 		 * file must go out upper-case; newer ones decode either case. */
-		.mesh_key_text = mesh.key_text,
+		.mesh_key_text = key_text,
 		.timeout_ms = left_ms(deadline),
 		.tls = p->t.tls,
 		.tls_server_name = name,
@@ -547,6 +568,63 @@ static void *watch_loop(void *arg)
 	return NULL;
 }
 
+/* ---- -secrets-url: new versions of the mesh key ---------------------------------- */
+
+/* One poll: a new version replaces the key for the logins that follow (mesh links up now
+ * stay as they are, as do the peers' own, until they reconnect). */
+static void secrets_poll(const struct config *cfg)
+{
+	char value[512], name[512], text[KEY_HEX_LEN + 1], err[768];
+	uint8_t key[32];
+	int64_t have, ver = 0;
+
+	mesh_secrets_name(cfg, name, sizeof name);
+	pthread_mutex_lock(&mesh.mu);
+	have = mesh.secret_version;
+	pthread_mutex_unlock(&mesh.mu);
+	int rc = mesh_secrets_fetch(cfg->secrets_url, name, have, value, sizeof value, &ver,
+				    &mesh.stopping, err, sizeof err);
+	if (rc < 0)
+		log_info("mesh: %s; still using mesh key version %lld", err, (long long)have);
+	else if (rc == 0 && ver != have) {
+		if (mesh_parse_key(value, strlen(value), key, text, err, sizeof err) != 0 ||
+		    key_is_zero(key))
+			log_info("mesh: setec: version %lld of %s is not a mesh key (%s); still "
+				 "using version %lld", (long long)ver, name,
+				 key_is_zero(key) ? "all zeros" : err, (long long)have);
+		else {
+			pthread_mutex_lock(&mesh.mu);
+			memcpy(mesh.key, key, sizeof key);
+			memcpy(mesh.key_text, text, sizeof text);
+			mesh.have_key = 1;
+			mesh.secret_version = ver;
+			pthread_mutex_unlock(&mesh.mu);
+			server_set_mesh_key(key);
+			if (mesh_secrets_cache_write(cfg->secrets_cache_dir, name, value, ver, err,
+						     sizeof err) != 0)
+				log_info("mesh: %s", err);
+			log_info("mesh: setec: mesh key version %lld now used for new mesh logins",
+				 (long long)ver);
+		}
+	}
+	sodium_memzero(value, sizeof value);
+	sodium_memzero(text, sizeof text);
+	sodium_memzero(key, sizeof key);
+}
+
+static void *secrets_loop(void *arg)
+{
+	const struct config *cfg = arg;
+	/* A key from the cache may be stale: ask at once, then every interval. */
+	int64_t wait = mesh.secret_cached ? 0 : cfg->secrets_poll_ms;
+
+	while (!sleep_or_stop(wait > INT32_MAX ? INT32_MAX : (int)wait)) {
+		secrets_poll(cfg);
+		wait = cfg->secrets_poll_ms;
+	}
+	return NULL;
+}
+
 /* ---- start / stop --------------------------------------------------------------- */
 
 int mesh_init(const struct config *cfg, char *err, size_t errlen)
@@ -560,7 +638,7 @@ int mesh_init(const struct config *cfg, char *err, size_t errlen)
 	if (!*w)
 		return 0;
 	if (!mesh.have_key) {
-		snprintf(err, errlen, "--mesh-with requires --mesh-psk-file");
+		snprintf(err, errlen, "--mesh-with requires --mesh-psk-file or -secrets-url");
 		return -1;
 	}
 	mesh.ca_file = NULL;
@@ -606,7 +684,6 @@ fail:
 int mesh_start(const struct config *cfg, const uint8_t server_priv[32], char *err,
 	       size_t errlen)
 {
-	(void)cfg;
 	if (!mesh.cv_ready) {
 		pthread_condattr_t ca;
 		pthread_condattr_init(&ca);
@@ -618,6 +695,14 @@ int mesh_start(const struct config *cfg, const uint8_t server_priv[32], char *er
 	memcpy(mesh.priv, server_priv, 32);
 	key_public(mesh.pub, server_priv);
 	mesh.stopping = 0;
+	if (cfg->secrets_url && cfg->secrets_url[0] && !cfg->dev && cfg->secrets_poll_ms > 0) {
+		int e = pthread_create(&mesh.secrets_thread, NULL, secrets_loop, (void *)cfg);
+		if (e != 0) {
+			snprintf(err, errlen, "mesh: starting the setec poller: %s", strerror(e));
+			return -1;
+		}
+		mesh.secrets_running = 1;
+	}
 	for (size_t i = 0; i < mesh.npeers; i++) {
 		struct peer *p = &mesh.peers[i];
 		if (p->t.via)
@@ -645,7 +730,7 @@ void mesh_stop(void)
 		return;
 	}
 	pthread_mutex_lock(&mesh.mu);
-	mesh.stopping = 1;
+	__atomic_store_n(&mesh.stopping, 1, __ATOMIC_RELAXED); /* read by a setec fetch too */
 	for (size_t i = 0; i < mesh.npeers; i++)
 		if (mesh.peers[i].dial_fd >= 0)
 			shutdown(mesh.peers[i].dial_fd, SHUT_RDWR);
@@ -656,6 +741,9 @@ void mesh_stop(void)
 			pthread_join(mesh.peers[i].thread, NULL);
 		mesh.peers[i].running = 0;
 	}
+	if (mesh.secrets_running)
+		pthread_join(mesh.secrets_thread, NULL); /* a fetch under way ends within 30 s */
+	mesh.secrets_running = 0;
 	pthread_mutex_lock(&mesh.mu);
 	for (size_t i = 0; i < mesh.npeers; i++)
 		busy |= mesh.peers[i].adopted;

@@ -41,6 +41,30 @@ int mesh_parse_key(const char *s, size_t len, uint8_t key[32], char text[64 + 1]
 int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[64 + 1], int *have,
 		  char *err, size_t errlen);
 
+/* ---- -secrets-url: the mesh key from setec (secrets.c) ---- */
+
+/* "<-secrets-path-prefix>/meshkey", joined as Go's path.Join does for plain prefixes. */
+void mesh_secrets_name(const struct config *cfg, char *out, size_t cap);
+/* The secret at start-up: from the cache (-secrets-cache-dir) if it holds one (*cached =
+ * 1; the poller asks setec at once), else from setec, then cached. Logs as derper
+ * ("Setting up setec store from ...", "Got mesh key from setec store"), never the value.
+ * 0, or -1 with err (derper exits). */
+int mesh_secrets_load(const struct config *cfg, char *out, size_t cap, int64_t *version,
+		      int *cached, char *err, size_t errlen);
+/* POST <url>/api/get for name. have_version > 0 asks only for a newer one. 0: out holds
+ * the value (NUL-terminated text), *version its version; 1: unchanged (HTTP 304); -1:
+ * err says why (status and the server's words, never the secret). *stop (may be NULL)
+ * going non-zero aborts a request under way. */
+int mesh_secrets_fetch(const char *url, const char *name, int64_t have_version, char *out,
+		       size_t cap, int64_t *version, const int *stop, char *err,
+		       size_t errlen);
+/* setec's cache file, {"<name>":{"secret":{"Value":<base64>,"Version":N},"lastAccess":
+ * "<unix>"}}, written atomically with mode 0600. -1 if absent or unreadable. */
+int mesh_secrets_cache_read(const char *dir, const char *name, char *out, size_t cap,
+			    int64_t *version);
+int mesh_secrets_cache_write(const char *dir, const char *name, const char *value,
+			     int64_t version, char *err, size_t errlen);
+
 /* One --mesh-with entry: "host[:port]" or "host[:port]/dialhost". */
 struct mesh_target {
 	char name[256];  /* host part as written: URL host, Host header, TLS name, log tag */

@@ -84,12 +84,13 @@ static const struct flag_def flags[] = {
 	FLAG("mesh-with", FT_STRING, mesh_with, 0, 1,
 	     "comma-separated region peers to mesh with (may include this server);\n"
 	     "an entry host/dialhost dials dialhost but uses host as the name"),
-	FLAG("secrets-url", FT_STRING, secrets_url, 0, 0,
-	     "setec server URL to fetch the mesh key from"),
-	FLAG("secrets-path-prefix", FT_STRING, secrets_path_prefix, 0, 0,
+	FLAG("secrets-url", FT_STRING, secrets_url, 0, 1,
+	     "setec server URL to fetch the mesh key from (before -mesh-psk-file)"),
+	FLAG("secrets-path-prefix", FT_STRING, secrets_path_prefix, 0, 1,
 	     "setec path prefix; the secret read is <prefix>/meshkey"),
-	FLAG("secrets-cache-dir", FT_STRING, secrets_cache_dir, 0, 0,
-	     "directory caching setec secrets (needed with -secrets-url)"),
+	FLAG("secrets-cache-dir", FT_STRING, secrets_cache_dir, 0, 1,
+	     "setec's cache file (a directory: its derper-secrets file), so a restart\n"
+	     "while setec is down still has the mesh key"),
 	FLAG("bootstrap-dns-names", FT_STRING, bootstrap_dns_names,  0, 1,
 	     "comma-separated host names to resolve and publish at /bootstrap-dns"),
 	FLAG("unpublished-bootstrap-dns-names", FT_STRING, unpublished_bootstrap_dns_names,  0, 1,
@@ -127,6 +128,8 @@ static const struct flag_def flags[] = {
 	FLAG("http-read-timeout", FT_DURATION, http_read_timeout_ms, 1, 1,
 	     "time limit for reading one HTTP request, head and body, on the non-DERP\n"
 	     "endpoints (derper's ReadTimeout); also the keep-alive idle timeout; > 0"),
+	FLAG("secrets-poll-interval", FT_DURATION, secrets_poll_ms, 1, 1,
+	     "how often to ask setec for a new mesh key version (-secrets-url); 0: never"),
 	FLAG("acme-directory", FT_STRING, acme_directory, 1, 1,
 	     "ACME directory URL; empty: Let's Encrypt production (-certmode gcp: Google's)"),
 	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 1,
@@ -439,6 +442,7 @@ static void config_defaults(struct config *cfg)
 	cfg->workers = online_cpus();
 	cfg->keepalive_ms = 60 * 1000;
 	cfg->http_read_timeout_ms = 30 * 1000;
+	cfg->secrets_poll_ms = 60 * 60 * 1000; /* setec's store polls hourly */
 }
 
 /* ---- usage ---------------------------------------------------------------------- */

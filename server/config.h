@@ -26,6 +26,7 @@ struct config {
 	const char *secrets_url;      /* -secrets-url */
 	const char *secrets_path_prefix; /* -secrets-path-prefix, "prod/derp" */
 	const char *secrets_cache_dir;   /* -secrets-cache-dir */
+	int64_t secrets_poll_ms;         /* --secrets-poll-interval, 1h */
 	const char *bootstrap_dns_names;             /* -bootstrap-dns-names */
 	const char *unpublished_bootstrap_dns_names; /* -unpublished-bootstrap-dns-names */
 	int verify_clients;           /* -verify-clients */

@@ -140,8 +140,7 @@ int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 		return -1;
 	}
 	memcpy(c->key, ckey, DERP_KEY_LEN);
-	c->is_mesh = relay.have_mesh_key && ci.has_mesh_key &&
-		     key_equal_ct(ci.mesh_key, relay.mesh_key);
+	c->is_mesh = ci.has_mesh_key && mesh_key_matches(ci.mesh_key);
 	c->is_prober = ci.is_prober;
 	if (!c->is_mesh && admission_enabled())
 		return ask_admission(c);

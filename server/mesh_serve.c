@@ -80,16 +80,31 @@ void mesh_serve_free(void)
 	pthread_mutex_destroy(&mesh.watch_mu);
 }
 
+/* The key changes at run time with -secrets-url (a new setec version); logins compare
+ * against it from every worker. */
+static pthread_mutex_t mesh_key_mu = PTHREAD_MUTEX_INITIALIZER;
+
 void server_set_mesh_key(const uint8_t key[32])
 {
-	relay.have_mesh_key = key && !key_is_zero(key);
-	if (relay.have_mesh_key)
+	pthread_mutex_lock(&mesh_key_mu);
+	int have = key && !key_is_zero(key);
+	if (have)
 		memcpy(relay.mesh_key, key, 32);
+	__atomic_store_n(&relay.have_mesh_key, have, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&mesh_key_mu);
 }
 
 int server_have_mesh_key(void)
 {
-	return relay.have_mesh_key;
+	return __atomic_load_n(&relay.have_mesh_key, __ATOMIC_RELAXED);
+}
+
+int mesh_key_matches(const uint8_t key[32])
+{
+	pthread_mutex_lock(&mesh_key_mu);
+	int ok = relay.have_mesh_key && key_equal_ct(key, relay.mesh_key);
+	pthread_mutex_unlock(&mesh_key_mu);
+	return ok;
 }
 
 uint8_t mesh_present_flags(const struct conn *c)

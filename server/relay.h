@@ -359,6 +359,7 @@ void worker_moves_in(struct worker *w);  /* start of a loop turn: adopt what was
 
 void mesh_serve_init(void);
 void mesh_serve_free(void);
+int mesh_key_matches(const uint8_t key[32]);       /* ClientInfo's key is the mesh key */
 uint8_t mesh_present_flags(const struct conn *c);
 void mesh_on_register(struct conn *c);            /* PeerPresent to watchers */
 /* c's key lost its last local connection (last) or one of several (!last). */

@@ -225,6 +225,53 @@ struct harness_server *harness_start_opts(const char *const *extra, unsigned fla
 	return s;
 }
 
+int harness_run_to_exit(const char *const *extra, char *log, size_t cap)
+{
+	struct harness_server s = { 0 };
+	char dir[] = "/tmp/derpd-e2e-exit-XXXXXX", key[64], logp[64];
+	const char *bin = getenv("DERPD_BIN") && *getenv("DERPD_BIN") ? getenv("DERPD_BIN")
+								      : "./derpd";
+	const char *argv[64] = { bin, "-a", "127.0.0.1:0", "-c", key, "-stun=false" };
+	int argc = 6, st = 0;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(key, sizeof key, "%s/derper.key", dir);
+	snprintf(logp, sizeof logp, "%s/derpd.log", dir);
+	for (int i = 0; extra && extra[i] && argc < 63; i++)
+		argv[argc++] = extra[i];
+	int out = open(logp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(out >= 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(out, 1);
+		dup2(out, 2);
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	close(out);
+	int64_t end = harness_now_ms() + START_TIMEOUT_MS;
+	while (waitpid(pid, &st, WNOHANG) != pid) {
+		if (harness_now_ms() > end) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			snprintf(s.log_path, sizeof s.log_path, "%s", logp);
+			harness_dump_log(&s);
+			fail_msg("derpd did not exit within %d ms", START_TIMEOUT_MS);
+		}
+		poll(NULL, 0, 10);
+	}
+	size_t n = 0;
+	char *text = read_file(logp, &n);
+	snprintf(log, cap, "%s", text ? text : "");
+	free(text);
+	unlink(logp);
+	unlink(key);
+	rmdir(dir);
+	return st;
+}
+
 void harness_stop(struct harness_server *s)
 {
 	int st = 0, done = 0;

@@ -31,6 +31,9 @@ struct harness_server *harness_start_opts(const char *const *extra, unsigned fla
 /* Sockets the next harness_start* hands derpd as a service manager does (from descriptor
  * 3 on, LISTEN_FDS, LISTEN_PID = derpd's pid); used once, then forgotten. */
 void harness_inherit(const int *fds, int n);
+/* Run derpd with harness_start's arguments + extra, expecting it to exit by itself
+ * within 10 s (fails the test otherwise): its wait status, its output in log. */
+int harness_run_to_exit(const char *const *extra, char *log, size_t cap);
 /* SIGTERM, wait up to 10 s (then SIGKILL and fail); with pid set to 0 (the test reaped
  * derpd itself) only the log checks run. Fails if the log shows a sanitizer
  * report. Removes the directory unless DERPD_KEEP_TMP is set. NULL is ignored. */

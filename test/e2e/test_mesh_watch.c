@@ -591,7 +591,7 @@ static void test_key_file_default_path(void **state)
 
 /* SERVER.md §2, §11: -mesh-with needs a key; an entry has at most one '/'; https entries
  * (no port or port 443) start their watch loop (test_mesh_tls.c meshes over https); this
- * server's own -hostname is skipped; -secrets-url stays unsupported. */
+ * server's own -hostname is skipped (test_secrets.c covers -secrets-url). */
 static void test_mesh_with_config(void **state)
 {
 	char dir[64], path[128];
@@ -600,13 +600,11 @@ static void test_mesh_with_config(void **state)
 	mu_tmpdir(dir, sizeof dir);
 	mu_write(path, sizeof path, dir, "mesh.key", MESH_KEY_HEX);
 	const char *nokey[] = { "-mesh-with", "127.0.0.1:1", NULL };
-	expect_exit(dir, nokey, 1, "--mesh-with requires --mesh-psk-file");
+	expect_exit(dir, nokey, 1, "--mesh-with requires --mesh-psk-file or -secrets-url");
 	const char *slashes[] = { "-mesh-psk-file", path, "-mesh-with", "a:1/b/c", NULL };
 	expect_exit(dir, slashes, 1, "too many components");
 	const char *port[] = { "-mesh-psk-file", path, "-mesh-with", "127.0.0.1:99999", NULL };
 	expect_exit(dir, port, 1, "invalid host");
-	const char *secrets[] = { "-secrets-url", "https://setec.example", NULL };
-	expect_exit(dir, secrets, 2, "-secrets-url is not supported yet");
 
 	const char *self[] = { "-mesh-psk-file", path, "-hostname", "derp1.example.com",
 			       "-mesh-with", "derp1.example.com,127.0.0.1:443", NULL };

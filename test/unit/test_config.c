@@ -507,9 +507,6 @@ static void test_home(void **state)
 static void test_unsupported(void **state)
 {
 	static const struct { const char *arg, *msg; } t[] = {
-		{ "-secrets-url=https://s", "-secrets-url" },
-		{ "-secrets-path-prefix=x", "-secrets-path-prefix" },
-		{ "-secrets-cache-dir=/x", "-secrets-cache-dir" },
 		{ "--ace", "-ace" },
 	};
 	static const char *const dflt[] = {
