@@ -58,6 +58,10 @@ int mesh_secrets_load(const struct config *cfg, char *out, size_t cap, int64_t *
 int mesh_secrets_fetch(const char *url, const char *name, int64_t have_version, char *out,
 		       size_t cap, int64_t *version, const int *stop, char *err,
 		       size_t errlen);
+/* setec's answer to /api/get, {"Value":<base64 text>,"Version":N}: 0 with out
+ * (NUL-terminated; a value with a NUL byte or longer than cap - 1 is refused), or -1. */
+int mesh_secrets_parse_answer(const char *body, size_t len, char *out, size_t cap,
+			      int64_t *version);
 /* setec's cache file, {"<name>":{"secret":{"Value":<base64>,"Version":N},"lastAccess":
  * "<unix>"}}, written atomically with mode 0600. -1 if absent or unreadable. */
 int mesh_secrets_cache_read(const char *dir, const char *name, char *out, size_t cap,

@@ -62,12 +62,24 @@ static int value_decode(const char *b64, char *out, size_t cap)
 /* {"Value":"<base64>","Version":N} -> out, *version. */
 static int answer_parse(json_t *o, char *out, size_t cap, int64_t *version)
 {
+	if (!json_is_object(o))
+		return -1;
 	json_t *v = json_object_get(o, "Value"), *ver = json_object_get(o, "Version");
 
 	if (!json_is_string(v) || !json_is_integer(ver) || json_integer_value(ver) < 0)
 		return -1;
 	*version = json_integer_value(ver);
 	return value_decode(json_string_value(v), out, cap);
+}
+
+int mesh_secrets_parse_answer(const char *body, size_t len, char *out, size_t cap,
+			      int64_t *version)
+{
+	json_t *a = json_loadb(body, len, 0, NULL);
+	int rc = a && answer_parse(a, out, cap, version) == 0 ? 0 : -1;
+
+	json_decref(a);
+	return rc;
 }
 
 static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
@@ -142,9 +154,7 @@ int mesh_secrets_fetch(const char *url, const char *name, int64_t have_version, 
 		snprintf(err, errlen, "setec: POST %s: answer over %d bytes", full, BODY_MAX);
 		goto out;
 	}
-	json_t *a = json_loadb(b.p ? b.p : "", b.len, 0, NULL);
-	rc = a && answer_parse(a, out, cap, version) == 0 ? 0 : -1;
-	json_decref(a);
+	rc = mesh_secrets_parse_answer(b.p ? b.p : "", b.len, out, cap, version);
 	if (rc != 0)
 		snprintf(err, errlen, "setec: POST %s: the answer is not {\"Value\":<base64>,"
 			 "\"Version\":<n>}", full);
