@@ -39,11 +39,15 @@ FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
 .PHONY: all deps deps-test run test check check-unit check-e2e check-asan check-tsan check-man \
-        check-flags check-tools check-systemd fuzz install clean bench interop
+        check-flags check-tools check-systemd check-deb fuzz install programs deb clean bench interop
 all: derpd $(TOOLS)
 
+# The programs in $(BUILD) only, without the ./derpd copy (make install, debian/rules).
+programs: $(BUILD)/derpd $(TOOLS)
+
 # Debian packages by purpose (scripts/deps.sh, README): `deps` what building and running
-# need, `deps-test` that plus the test tools. Plain `make` installs nothing.
+# need, `deps-test` that plus the test tools (`make deb` asks for the deb set). Plain `make`
+# installs nothing.
 deps:
 	@sh scripts/deps.sh build
 
@@ -95,7 +99,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory interop
 	@$(MAKE) --no-print-directory check-asan
 
-check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd
+check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd check-deb
 	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
 
 check-unit: $(BUILD)/derpd $(TOOLS) $(UNIT)
@@ -171,21 +175,44 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	@sh test/fuzz/run.sh "$(BUILD)" "$(FUZZ_SECONDS)" "$(FUZZ_SEED)" "$(FUZZ_RUNS)" \
 	  "$(FUZZ_BUDGET)" $(FUZZ_TARGETS)
 
-# The systemd units go where Debian puts packaged units: /lib/systemd/system for
-# PREFIX=/usr, else $(PREFIX)/lib/systemd/system; /etc/default/derpd is never overwritten.
+# derpd is a daemon: $(PREFIX)/sbin; the tools are user commands: $(PREFIX)/bin. The systemd
+# unit goes where Debian puts packaged units: /lib/systemd/system for PREFIX=/usr, else
+# $(PREFIX)/lib/systemd/system; the derpd user's sysusers.d file to $(PREFIX)/lib/sysusers.d
+# (both directories systemd reads), and as root with no DESTDIR systemd-sysusers creates the
+# user now. /etc/default/derpd is never overwritten. debian/rules uses this target too.
+SBINDIR  ?= $(PREFIX)/sbin
+BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
 SYSTEMD_UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8
-	install -d $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)/etc/default
-	sed 's|^ExecStart=/usr/bin/derpd|ExecStart=$(PREFIX)/bin/derpd|' contrib/systemd/derpd.service \
-	  > $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.service && chmod 0644 $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.service
-	install -m 0644 contrib/systemd/derpd.socket $(DESTDIR)$(SYSTEMD_UNITDIR)/derpd.socket
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+# The units in contrib/systemd (derpd.service, and any .socket beside it).
+UNITS    := $(wildcard contrib/systemd/*.service contrib/systemd/*.socket)
+install: programs
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8
+	install -d $(DESTDIR)$(SYSTEMD_UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)/etc/default
+	@for u in $(UNITS); do echo "install $$u"; \
+	  sed 's|^ExecStart=/usr/sbin/derpd|ExecStart=$(SBINDIR)/derpd|' $$u \
+	    > $(DESTDIR)$(SYSTEMD_UNITDIR)/$${u##*/} && chmod 0644 $(DESTDIR)$(SYSTEMD_UNITDIR)/$${u##*/} || exit 1; \
+	done
+	install -m 0644 contrib/systemd/derpd.sysusers $(DESTDIR)$(SYSUSERSDIR)/derpd.conf
 	@[ -e $(DESTDIR)/etc/default/derpd ] || install -m 0644 contrib/systemd/derpd.default $(DESTDIR)/etc/default/derpd
-	install -m 0755 derpd $(DESTDIR)$(PREFIX)/bin/derpd
-	install -m 0644 man/derpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/derpd.8
-	@for t in $(TOOLS); do install -m 0755 $$t $(DESTDIR)$(PREFIX)/bin/; done
-	@for p in man/*.1; do [ -f "$$p" ] || continue; install -d $(DESTDIR)$(PREFIX)/share/man/man1; \
-	  install -m 0644 $$p $(DESTDIR)$(PREFIX)/share/man/man1/; done
+	install -m 0755 $(BUILD)/derpd $(DESTDIR)$(SBINDIR)/derpd
+	install -m 0644 man/derpd.8 $(DESTDIR)$(MANDIR)/man8/derpd.8
+	@for t in $(TOOLS); do install -m 0755 $$t $(DESTDIR)$(BINDIR)/ || exit 1; done
+	@for p in man/*.1; do [ -f "$$p" ] || continue; install -d $(DESTDIR)$(MANDIR)/man1; \
+	  install -m 0644 $$p $(DESTDIR)$(MANDIR)/man1/ || exit 1; done
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v systemd-sysusers >/dev/null; then \
+	  echo "systemd-sysusers derpd.conf"; systemd-sysusers $(SYSUSERSDIR)/derpd.conf; fi
+
+# The Debian package (debian/, dpkg-buildpackage from a copy of this tree): leaves
+# derpd_$(VERSION)_<arch>.deb, its -dbgsym .ddeb, .buildinfo and .changes in $(BUILD).
+deb:
+	@sh scripts/deps.sh deb
+	@sh scripts/deb.sh $(BUILD)
+
+# Builds the package and checks its contents, its maintainer scripts and lintian.
+check-deb:
+	@sh test/deb/check.sh $(BUILD)
 
 # The standard benchmark matrix on loopback, nginx as the reference relay (BENCHMARKS.md).
 bench: all

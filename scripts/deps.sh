@@ -1,27 +1,32 @@
 #!/bin/sh
-# deps.sh [build|test]: install the Debian packages derpd needs, by purpose; does nothing
+# deps.sh [build|deb|test]: install the Debian packages derpd needs, by purpose; does nothing
 # when all are present. `make run` asks for build (compile, link and run derpd and its
-# tools), `make test` and CI for test (build plus every tool the test suites call).
+# tools), `make deb` for deb (build plus debhelper), `make test` and CI for test (build,
+# deb, and every tool the test suites call).
 # No argument means test, the superset.
 #
 # build: the compiler, make (build-essential), pkg-config and the -dev libraries; libcurl in
 #   its GnuTLS flavour (no second OpenSSL-named API beside wolfSSL's) for ACME; dpkg-dev,
 #   autoconf, automake and libtool because scripts/wolfssl.sh builds wolfSSL from Debian's
 #   source with AES-NI (libwolfssl-dev stays: `make WOLFSSL=system` links it).
+# deb: debhelper for dpkg-buildpackage (debian/control's Build-Depends are build's set).
 # test: cmocka (unit and e2e tests), mandoc (make check-man), clang and its runtime
 #   (make fuzz), iproute2 (ip(8): test_http_access adds loopback addresses), procps,
 #   prometheus (promtool lints /debug/varz and /metrics), pebble (the ACME test CA),
-#   chromium (the WebSocket e2e test runs a page in it, headless).
+#   chromium (the WebSocket e2e test runs a page in it, headless), lintian (make check-deb
+#   lints the package it builds).
 set -eu
 BUILD_PKGS="build-essential pkg-config libsodium-dev libwolfssl-dev libjansson-dev \
 libmicrohttpd-dev libcurl4-gnutls-dev dpkg-dev autoconf automake libtool"
-TEST_PKGS="libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps prometheus pebble \
+DEB_PKGS="debhelper"
+TEST_PKGS="lintian libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps prometheus pebble \
 chromium"
 mode=${1:-test}
 case "$mode" in
 build) PKGS=$BUILD_PKGS ;;
-test) PKGS="$BUILD_PKGS $TEST_PKGS" ;;
-*) echo "usage: deps.sh [build|test]" >&2; exit 2 ;;
+deb) PKGS="$BUILD_PKGS $DEB_PKGS" ;;
+test) PKGS="$BUILD_PKGS $DEB_PKGS $TEST_PKGS" ;;
+*) echo "usage: deps.sh [build|deb|test]" >&2; exit 2 ;;
 esac
 missing=""
 for p in $PKGS; do

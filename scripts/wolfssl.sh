@@ -7,14 +7,16 @@
 # comes through a private apt source list (deb-src of the machine's own mirror) so the
 # system's apt configuration is never touched. The result is cached in
 # .cache/wolfssl-<debian version>-<options hash>/ and reused until the version or the
-# options change. Progress goes to stderr; a failed build leaves no prefix behind.
+# options change (WOLFSSL_CACHE names another cache directory: make deb builds in a copy of
+# the tree and reuses this one). The prefix's debian-version file holds the source version
+# (the package's Built-Using). Progress goes to stderr; a failed build leaves no prefix behind.
 #
 # --bench: also compile a small AES-128-GCM benchmark against this build and against
 # Debian's library, and print both figures.
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
-cache=$top/.cache
+cache=${WOLFSSL_CACHE:-$top/.cache}
 apt_dir=$cache/apt
 
 # What derpd needs: TLS 1.2/1.3, ALPN, SNI (+ the SNI callback and wolfSSL_set_SSL_CTX,
@@ -154,6 +156,8 @@ if [ -z "$ver" ]; then
 else
 	prefix=$cache/wolfssl-$(echo "$ver" | tr '+:~' '___')-$hash
 	[ -f "$prefix/lib/libwolfssl.a" ] || build "$ver" "$prefix"
+	# builds cached before this file existed get it too
+	[ -s "$prefix/debian-version" ] || echo "$ver" > "$prefix/debian-version"
 fi
 [ "${1:-}" = "--bench" ] && bench "$prefix" >&2
 echo "$prefix"

@@ -2,7 +2,7 @@
 # check.sh BUILD: the systemd unit (contrib/systemd) is valid and derpd runs under its
 # hardening, as far as that can be shown without systemd as PID 1:
 # 1. systemd-analyze verify accepts the units (a copy whose ExecStart is the built binary:
-#    verify fails on a missing /usr/bin/derpd), and derpd.socket's ports are listeners in
+#    verify fails on a missing /usr/sbin/derpd), and derpd.socket's ports are listeners in
 #    the default file's flags;
 # 2. as root with setpriv: derpd as an unprivileged user with no-new-privs and only
 #    CAP_NET_BIND_SERVICE (ambient, bounding set) binds a port below 1024, reads
@@ -16,7 +16,7 @@ tmp=$(mktemp -d /tmp/derpd-systemd-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
 if command -v systemd-analyze >/dev/null 2>&1; then
-	sed "s|^ExecStart=/usr/bin/derpd|ExecStart=$bin|" contrib/systemd/derpd.service \
+	sed "s|^ExecStart=/usr/sbin/derpd|ExecStart=$bin|" contrib/systemd/derpd.service \
 		> "$tmp/derpd.service"
 	cp contrib/systemd/derpd.socket "$tmp/derpd.socket"
 	# verify runs man for Documentation=man:derpd(8): point it at ours.
@@ -29,6 +29,16 @@ if command -v systemd-analyze >/dev/null 2>&1; then
 	fi
 else
 	echo "systemd: systemd-analyze not installed; unit not verified"
+fi
+
+# The unit runs as the user contrib/systemd/derpd.sysusers creates (package and make install).
+unit_user=$(sed -n 's/^User=//p' contrib/systemd/derpd.service)
+sys_user=$(awk '$1 == "u" { print $2 }' contrib/systemd/derpd.sysusers)
+if [ -n "$unit_user" ] && [ "$unit_user" = "$sys_user" ] &&
+   [ "$(sed -n 's/^Group=//p' contrib/systemd/derpd.service)" = "$sys_user" ]; then
+	echo "systemd: unit runs as User=Group=$unit_user, which derpd.sysusers creates"
+else
+	echo "systemd: unit User=${unit_user:-(none)} but derpd.sysusers creates ${sys_user:-(none)}"; fail=1
 fi
 
 # The default file is shell-compatible KEY="value" syntax; its flags must parse.
