@@ -211,7 +211,7 @@ deb:
 	@sh scripts/deb.sh $(BUILD)
 
 # Builds the package and checks its contents, its maintainer scripts and lintian.
-check-deb:
+check-deb: programs
 	@sh test/deb/check.sh $(BUILD)
 
 # The standard benchmark matrix on loopback, nginx as the reference relay (BENCHMARKS.md).
