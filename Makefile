@@ -205,7 +205,7 @@ install: programs
 	  echo "systemd-sysusers derpd.conf"; systemd-sysusers $(SYSUSERSDIR)/derpd.conf; fi
 
 # The Debian package (debian/, dpkg-buildpackage from a copy of this tree): leaves
-# derpd_$(VERSION)_<arch>.deb, its -dbgsym .ddeb, .buildinfo and .changes in $(BUILD).
+# derpd_$(VERSION)_<arch>.deb, derpd-dbgsym_..., .buildinfo and .changes in $(BUILD).
 deb:
 	@sh scripts/deps.sh deb
 	@sh scripts/deb.sh $(BUILD)

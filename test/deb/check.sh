@@ -11,7 +11,8 @@
 # 6. the maintainer scripts, run with every command they may call stubbed (PATH holds only
 #    stubs that record their arguments and a few file tools) and the two host paths they
 #    use pointed into a scratch directory: install creates the user and /var/lib/derpd and
-#    neither enables nor starts derpd, upgrade try-restarts, remove stops, purge cleans;
+#    neither enables nor starts derpd, upgrade try-restarts the service (not the socket),
+#    remove stops both, purge cleans;
 # 7. make install PREFIX=/usr/local DESTDIR=... puts the unit, sysusers and default files
 #    where systemd reads them, ExecStart naming the installed binary.
 set -u
@@ -63,9 +64,11 @@ want="$want ./usr/bin/derpd-bench"
 for p in man/*.[1-8]; do
 	want="$want ./usr/share/man/man${p##*.}/$(basename "$p").gz"
 done
+units=
 for u in contrib/systemd/*.service contrib/systemd/*.socket; do
-	[ -f "$u" ] && want="$want ./lib/systemd/system/$(basename "$u")"
+	[ -f "$u" ] && units="$units $(basename "$u")"
 done
+for u in $units; do want="$want ./lib/systemd/system/$u"; done
 n=0
 for w in $want; do
 	n=$((n + 1))
@@ -188,18 +191,23 @@ grep -q 'stop' "$calls" && bad "prerm stops derpd on upgrade"
 STUB_ENABLED=1 run postinst configure 0.0.9
 grep -qx 'deb-systemd-invoke try-restart derpd.service' "$calls" || bad "postinst upgrade: no try-restart ($(tr '\n' ';' < "$calls"))"
 grep -E 'deb-systemd-invoke (start|restart) ' "$calls" && bad "postinst upgrade starts derpd unconditionally"
+grep 'deb-systemd-invoke.*derpd\.socket' "$calls" && bad "postinst upgrade restarts derpd.socket (its backlog would be lost)"
 grep -q chown "$calls" && bad "postinst upgrade touched the existing /var/lib/derpd"
 ok "upgrade: try-restart (a stopped relay stays stopped), state directory kept"
 
 # remove stops it; purge removes the state directory
 run prerm remove
-grep -qx 'deb-systemd-invoke stop derpd.service' "$calls" || bad "prerm remove does not stop derpd"
+for u in $units; do
+	grep -q "^deb-systemd-invoke stop .*$u" "$calls" || bad "prerm remove does not stop $u"
+done
 run postrm remove
 [ -d "$tmp/host/var/lib/derpd" ] || bad "postrm remove deleted /var/lib/derpd (only purge may)"
 run postrm purge
 [ -e "$tmp/host/var/lib/derpd" ] && bad "postrm purge left /var/lib/derpd"
-grep -qx 'deb-systemd-helper purge derpd.service' "$calls" || bad "postrm purge does not purge the unit's state"
-ok "remove: derpd stopped; purge: /var/lib/derpd removed"
+for u in $units; do
+	grep -qx "deb-systemd-helper purge $u" "$calls" || bad "postrm purge does not purge $u's state"
+done
+ok "remove: ${units# } stopped; purge: /var/lib/derpd and the units' state removed"
 
 # 7. make install elsewhere
 if make --no-print-directory -s install BUILD="$build" DESTDIR="$tmp/inst" PREFIX=/usr/local \
