@@ -1,6 +1,6 @@
 #!/bin/sh
 # deb.sh BUILD: build the Debian package (debian/) with dpkg-buildpackage -us -uc -b and
-# leave derpd_<version>_<arch>.deb, derpd-dbgsym_<version>_<arch>.ddeb, the .buildinfo and
+# leave derpd_<version>_<arch>.deb, derpd-dbgsym_<version>_<arch>.deb, the .buildinfo and
 # the .changes in BUILD.
 #
 # dpkg-buildpackage writes its output into the parent of the tree it builds and debhelper
