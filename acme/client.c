@@ -255,7 +255,7 @@ static int post(struct acme_client *c, const char *url, const char *payload, int
 		if (r->status == 400 && r->body &&
 		    acme_parse_problem(r->body, r->len, type, sizeof type, detail, sizeof detail) == 0 &&
 		    strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0) {
-			log_debug("acme: badNonce from %s, retrying", url);
+			log_debug(LS_ACME, "badNonce from %s, retrying", url);
 			__atomic_add_fetch(&badnonce_retries, 1, __ATOMIC_RELAXED);
 			resp_free(r);
 			continue;

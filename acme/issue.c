@@ -344,7 +344,7 @@ static int load_cached(struct cert_provider *p, struct cert_entry *e)
 		kl = cl;
 	rc = k ? install(p, e, c, cl, k, kl, err, sizeof err) : -1;
 	if (rc == 0)
-		log_info("derper: acme: loaded cached cert for %s (expires %s)", e->name,
+		log_info(LS_ACME, "loaded cached cert for %s (expires %s)", e->name,
 			 fmt_time(e->not_after, err, sizeof err));
 	if (k && k != c)
 		free(k);
@@ -503,14 +503,14 @@ static void obtain(struct cert_provider *p, struct cert_entry *e)
 	}
 	pthread_mutex_unlock(&p->mu);
 	if (rc == 0 && e->is_ip)
-		log_info("derper: acme: got cert for %s (expires %s). Configure it in DERPMap using "
+		log_info(LS_ACME, "got cert for %s (expires %s). Configure it in DERPMap using "
 			 "(https://tailscale.com/s/custom-derp):\n  {\"Name\":\"custom\",\"RegionID\":900,"
 			 "\"HostName\":\"%s\"}", e->name, fmt_time(e->not_after, crt, sizeof crt), e->name);
 	else if (rc == 0)
-		log_info("derper: acme: got cert for %s (expires %s)", e->name,
+		log_info(LS_ACME, "got cert for %s (expires %s)", e->name,
 			 fmt_time(e->not_after, crt, sizeof crt));
 	else
-		log_info("derper: acme: getting cert for %s: %s (next attempt in %ds)", e->name, err,
+		log_error(LS_ACME, "getting cert for %s: %s (next attempt in %ds)", e->name, err,
 			 e->retry_s);
 	free(chain);
 	if (keypem) {

@@ -284,7 +284,7 @@ static int sni_cb(WOLFSSL *ssl, int *alert, void *arg)
 		ctx = NULL;
 	pthread_mutex_unlock(&p->mu);
 	if (ctx == NULL) {
-		log_debug("tls: refusing handshake (SNI \"%s\"): %s", sni, why ? why : "error");
+		log_debug(LS_TLS, "refusing handshake (SNI \"%s\"): %s", sni, why ? why : "error");
 		*alert = internal_error; /* what Go's server sends when GetCertificate fails */
 		return fatal_return;
 	}
@@ -486,7 +486,7 @@ static int manual_load(struct cert_provider *p, WOLFSSL_CTX **out, char *err, si
 		wc_Sha256Hash(ders[0], (word32)lens[0], d);
 		for (int i = 0; i < 32; i++)
 			snprintf(hex + 2 * i, 3, "%02x", d[i]);
-		log_info("Using self-signed certificate for IP address \"%s\". Configure it in "
+		log_info(LS_CERT, "Using self-signed certificate for IP address \"%s\". Configure it in "
 			 "DERPMap using: (https://tailscale.com/s/custom-derp)\n  "
 			 "{\"Name\":\"custom\",\"RegionID\":900,\"HostName\":\"%s\","
 			 "\"CertName\":\"sha256-raw:%s\"}", p->hostname, p->hostname, hex);
@@ -519,7 +519,7 @@ int cert_provider_reload(struct cert_provider *p)
 	pthread_mutex_unlock(&p->mu);
 	rc = manual_load(p, &ctx, err, sizeof err);
 	if (rc < 0) {
-		log_info("derper: certificate reload refused, the old certificate keeps serving: %s",
+		log_error(LS_CERT, "derper: certificate reload refused, the old certificate keeps serving: %s",
 			 err);
 		return -1;
 	}
@@ -530,7 +530,7 @@ int cert_provider_reload(struct cert_provider *p)
 	p->front = ctx;
 	pthread_mutex_unlock(&p->mu);
 	wolfSSL_CTX_free(old); /* live connections hold their own references */
-	log_info("derper: certificate reloaded from %s", p->crt_path);
+	log_info(LS_CERT, "derper: certificate reloaded from %s", p->crt_path);
 	return 0;
 }
 
@@ -751,7 +751,7 @@ struct cert_provider *cert_provider_start_ex(const struct config *cfg,
 		if (p->inotify_fd >= 0 &&
 		    inotify_add_watch(p->inotify_fd, p->certdir, IN_CLOSE_WRITE | IN_MOVED_TO |
 				      IN_CREATE | IN_ATTRIB) < 0) {
-			log_info("derper: not watching %s for certificate changes (%s); SIGHUP "
+			log_warn(LS_CERT, "derper: not watching %s for certificate changes (%s); SIGHUP "
 				 "reloads", p->certdir, strerror(errno));
 			close(p->inotify_fd);
 			p->inotify_fd = -1;

@@ -157,11 +157,11 @@ int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[KEY_H
 	if (cfg->dev) {
 		const char *v = getenv(MESH_KEY_ENV);
 		if (!v || !*v) {
-			log_info("No mesh key specified for dev via %s", MESH_KEY_ENV);
-			log_info("No mesh key configured for --dev mode");
+			log_info(LS_MESH, "No mesh key specified for dev via %s", MESH_KEY_ENV);
+			log_info(LS_MESH, "No mesh key configured for --dev mode");
 			return 0;
 		}
-		log_info("Set mesh key from %s", MESH_KEY_ENV);
+		log_info(LS_MESH, "Set mesh key from %s", MESH_KEY_ENV);
 		rc = mesh_parse_key(v, strlen(v), key, key_text, err, errlen);
 	} else if (cfg->secrets_url && cfg->secrets_url[0]) {
 		char value[512];
@@ -177,27 +177,27 @@ int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[KEY_H
 	} else if (cfg->mesh_psk_file && cfg->mesh_psk_file[0]) {
 		if (read_key_file(cfg->mesh_psk_file, &text, &len, err, errlen) != 0)
 			return -1;
-		log_info("Got mesh key from static file %s", cfg->mesh_psk_file);
+		log_info(LS_MESH, "Got mesh key from static file %s", cfg->mesh_psk_file);
 		/* derper: an empty key string means "none"; only white space is invalid */
 		if (len == 0) {
 			free(text);
-			log_info("No mesh key configured");
+			log_info(LS_MESH, "No mesh key configured");
 			return 0;
 		}
 		rc = mesh_parse_key(text, len, key, key_text, err, errlen);
 		free(text);
 	} else {
-		log_info("No mesh key configured");
+		log_info(LS_MESH, "No mesh key configured");
 		return 0;
 	}
 	if (rc != 0)
 		return -1;
 	if (key_is_zero(key)) {
-		log_info("No mesh key configured (the key is all zeros)");
+		log_info(LS_MESH, "No mesh key configured (the key is all zeros)");
 		return 0;
 	}
 	*have = 1;
-	log_info("DERP mesh key configured");
+	log_info(LS_MESH, "DERP mesh key configured");
 	return 0;
 }
 
@@ -502,14 +502,14 @@ static void *watch_loop(void *arg)
 		struct derp_client *c = login(p, &self, err, sizeof err);
 		if (self) {
 			unpublish(p);
-			log_info("mesh(\"%s\"): detected self-connect; ignoring host", p->t.name);
+			log_info(LS_MESH, "peer \"%s\": detected self-connect; ignoring host", p->t.name);
 			break;
 		}
 		if (!c) {
 			unpublish(p);
 			if (sleep_or_stop(0)) /* an aborted connect is no news */
 				break;
-			log_info("mesh(\"%s\"): mesh connect: %s", p->t.name, err);
+			log_warn(LS_MESH, "peer \"%s\": mesh connect: %s", p->t.name, err);
 			if (sleep_or_stop(RETRY_MS))
 				break;
 			continue;
@@ -520,7 +520,7 @@ static void *watch_loop(void *arg)
 		int fd = !buf ? -1 : p->t.tls ? derp_client_detach_tls(c, &ssl, buf, n, &got)
 					      : derp_client_detach(c, buf, n, &got);
 		if (fd < 0) {
-			log_info("mesh(\"%s\"): cannot take over the connection: %s", p->t.name,
+			log_error(LS_MESH, "peer \"%s\": cannot take over the connection: %s", p->t.name,
 				 buf ? derp_client_error() : "out of memory");
 			derp_client_close(c);
 		}
@@ -542,7 +542,7 @@ static void *watch_loop(void *arg)
 			pthread_mutex_lock(&mesh.mu);
 			p->adopted = 0;
 			pthread_mutex_unlock(&mesh.mu);
-			log_info("mesh(\"%s\"): the relay refused the connection", p->t.name);
+			log_error(LS_MESH, "peer \"%s\": the relay refused the connection", p->t.name);
 		} else
 			taken = fd >= 0;
 		free(buf);
@@ -556,11 +556,11 @@ static void *watch_loop(void *arg)
 			break;
 		int64_t lived = now_ms() - began;
 		if (taken && lived < REFUSED_MS)
-			log_info("mesh(\"%s\"): connection ended %lld ms after WatchConns: the peer "
+			log_error(LS_MESH, "peer \"%s\": connection ended %lld ms after WatchConns: the peer "
 				 "refused our mesh key (its key differs, or it has none); reconnecting "
 				 "in %d s", p->t.name, (long long)lived, RETRY_MS / 1000);
 		else
-			log_info("mesh(\"%s\"): connection ended; reconnecting in %d s", p->t.name,
+			log_warn(LS_MESH, "peer \"%s\": connection ended; reconnecting in %d s", p->t.name,
 				 RETRY_MS / 1000);
 		if (sleep_or_stop(RETRY_MS))
 			break;
@@ -665,7 +665,7 @@ int mesh_init(const struct config *cfg, char *err, size_t errlen)
 			goto fail;
 		s = comma ? comma + 1 : NULL;
 		if (cfg->hostname && strcmp(p->t.name, cfg->hostname) == 0) {
-			log_info("mesh(\"%s\"): this server's own -hostname; skipped", p->t.name);
+			log_info(LS_MESH, "peer \"%s\": this server's own -hostname; skipped", p->t.name);
 			continue;
 		}
 		/* a TLS server's peers serve TLS too: https whatever the port, as derper */
@@ -706,7 +706,7 @@ int mesh_start(const struct config *cfg, const uint8_t server_priv[32], char *er
 	for (size_t i = 0; i < mesh.npeers; i++) {
 		struct peer *p = &mesh.peers[i];
 		if (p->t.via)
-			log_info("mesh(\"%s\"): will dial \"%s\" for \"%s\"", p->t.name, p->t.dial,
+			log_info(LS_MESH, "peer \"%s\": will dial \"%s\" for \"%s\"", p->t.name, p->t.dial,
 				 p->t.name);
 		int e = pthread_create(&p->thread, NULL, watch_loop, p);
 		if (e != 0) {

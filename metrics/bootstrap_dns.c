@@ -180,7 +180,7 @@ static int lookup_ip(const char *name, char ***out, size_t *nout)
 	struct addrinfo *res = NULL;
 	int rc = getaddrinfo(name, NULL, &hints, &res);
 	if (rc != 0) {
-		log_info("bootstrap DNS lookup \"%s\": %s", name,
+		log_warn(LS_DNS, "lookup \"%s\": %s", name,
 			 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
 		return -1;
 	}
@@ -237,7 +237,7 @@ static int lookup_percent(const char *txtname, double *percent)
 	int len = res_nquery(&st, txtname, ns_c_in, ns_t_txt, ans, sizeof ans);
 	res_nclose(&st);
 	if (len < 12) {
-		log_info("bootstrap DNS lookup \"%s\": TXT query failed", txtname);
+		log_warn(LS_DNS, "lookup \"%s\": TXT query failed", txtname);
 		return -1;
 	}
 	return bootstrap_dns_txt_percent(ans, (size_t)len, percent);

@@ -112,7 +112,7 @@ static void hconn_cut(struct conntab *t, struct hconn *h)
 	h->closing = 1;
 	t->closing++;
 	if (shutdown(h->fd, SHUT_RDWR) != 0)
-		log_debug("http: shutdown: %s", strerror(errno));
+		log_debug(LS_HTTP, "shutdown: %s", strerror(errno));
 }
 
 /* Room for one more (t->mu held): under the limit, or the longest-idle keep-alive

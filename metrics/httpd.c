@@ -251,7 +251,7 @@ static enum MHD_Result serve_derp(struct MHD_Connection *c)
 			;
 	if (strcmp(low, "derp") != 0 && strcmp(low, "websocket") != 0) {
 		if (up != NULL && up[0] != '\0')
-			log_debug("Weird upgrade: \"%s\"", up);
+			log_debug(LS_HTTP, "Weird upgrade: \"%s\"", up);
 		return httpd_error(c, 426, "DERP requires connection upgrade");
 	}
 	/* A real upgrade on a connection already served as HTTP (keep-alive): derpd's workers
@@ -563,14 +563,10 @@ unsigned httpd_idle_timeout_s(int64_t read_ms)
 void httpd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
-	if (!log_verbose)
-		return; /* like derper's filter: per-connection HTTP noise is not news */
-	char msg[512];
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	size_t n = strlen(msg);
-	while (n > 0 && msg[n - 1] == '\n')
-		msg[--n] = '\0';
-	log_info("http: %s", msg);
+	/* Debug: like derper's filter, per-connection HTTP noise is not news; the daemon
+	 * failing to start is reported by its caller. */
+	if (log_debug_on(LS_HTTP))
+		log_vmsg(LOG_L_DEBUG, LS_HTTP, fmt, ap);
 }
 
 /* What accepted connections inherit from their listener. */
@@ -677,16 +673,18 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 	}
 	/* Go's IdleTimeout is its ReadTimeout: the idle timeout here; the whole-request read
 	 * limit is conntab's (libmicrohttpd restarts its timer on every byte). */
+	/* The logger comes first: libmicrohttpd logs through what is set when a message
+	 * arises, and says so (with --verbose) if it is not the first option. */
 	main_daemon = MHD_start_daemon(
 		flags, 0, NULL, NULL, on_request, NULL,
+		MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL,
 		MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
 		MHD_OPTION_CONNECTION_LIMIT, conntab_mhd_limit(main_tab),
 		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_HEAD_MEMORY,
 		MHD_OPTION_NOTIFY_CONNECTION, conntab_notify, main_tab,
 		MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-		MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_END);
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 	if (main_daemon == NULL) {
 		httpd_stop();
 		return snprintf(err, errlen, "libmicrohttpd: cannot start the HTTP daemon"), -1;
@@ -700,19 +698,19 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 		metrics_tab = conntab_new(64, read_ms, 0);
 		metrics_daemon = metrics_tab == NULL ? NULL : MHD_start_daemon(
 			MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, conntab_accept_policy,
-			metrics_tab, on_request, &metrics_cls, MHD_OPTION_LISTEN_SOCKET, fd,
+			metrics_tab, on_request, &metrics_cls,
+			MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
 			MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
 			MHD_OPTION_CONNECTION_LIMIT, conntab_mhd_limit(metrics_tab),
 			MHD_OPTION_NOTIFY_CONNECTION, conntab_notify, metrics_tab,
 			MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-			MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-			MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_END);
+			MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
 		if (metrics_daemon == NULL) {
 			close(fd);
 			httpd_stop();
 			return snprintf(err, errlen, "libmicrohttpd: cannot start the metrics listener"), -1;
 		}
-		log_info("metrics listening on %s (port %d)", c->metrics_addr, metrics_port);
+		log_info(LS_HTTP, "metrics listening on %s (port %d)", c->metrics_addr, metrics_port);
 	}
 	if (c && c->tls && c->http_port >= 0 && port80_start(c, err, errlen) != 0) {
 		httpd_stop();
@@ -735,7 +733,7 @@ static void answer_and_close(int fd, const char *resp, size_t len)
 	for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++)
 		;
 	if (send(fd, resp, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-		log_debug("http: answer before close: %s", strerror(errno));
+		log_debug(LS_HTTP, "answer before close: %s", strerror(errno));
 	shutdown(fd, SHUT_WR);
 	close(fd);
 }

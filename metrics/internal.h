@@ -204,7 +204,7 @@ void httpd_clean_path(const char *p, char *out, size_t n);
 enum MHD_Result httpd_route_main(struct MHD_Connection *c, const char *url, const char *method);
 /* /generate_204, with its X-Tailscale-Challenge answer. */
 enum MHD_Result httpd_serve_no_content(struct MHD_Connection *c);
-/* Every daemon's MHD_OPTION_EXTERNAL_LOGGER: to the log, and only with -verbose. */
+/* Every daemon's MHD_OPTION_EXTERNAL_LOGGER (its first option): debug lines, "http:". */
 void httpd_log(void *cls, const char *fmt, va_list ap);
 /* A listening TCP socket on host:port (port 0: any free one, *bound set to it). Empty
  * host: all interfaces on one IPv6 socket that takes IPv4 too, as Go listens, or IPv4

@@ -336,15 +336,15 @@ int port80_start(const struct config *c, char *err, size_t errlen)
 	port80_tab = conntab_new(HTTP_MAX_CONNECTIONS, c->http_read_timeout_ms, 0);
 	port80_daemon = port80_tab == NULL ? NULL : MHD_start_daemon(
 		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
-		conntab_accept_policy, port80_tab, on_request, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
+		conntab_accept_policy, port80_tab, on_request, NULL,
+		MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
 		MHD_OPTION_CONNECTION_TIMEOUT, httpd_idle_timeout_s(c->http_read_timeout_ms),
 		MHD_OPTION_CONNECTION_LIMIT, conntab_mhd_limit(port80_tab),
 		MHD_OPTION_NOTIFY_CONNECTION, conntab_notify, port80_tab,
 		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_PER_IP_LIMIT,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_HEAD_MEMORY,
 		MHD_OPTION_URI_LOG_CALLBACK, port80_uri_cb, NULL,
-		MHD_OPTION_NOTIFY_COMPLETED, port80_completed, NULL,
-		MHD_OPTION_EXTERNAL_LOGGER, httpd_log, NULL, MHD_OPTION_END);
+		MHD_OPTION_NOTIFY_COMPLETED, port80_completed, NULL, MHD_OPTION_END);
 	if (port80_daemon == NULL) {
 		close(fd);
 		conntab_free(port80_tab);
@@ -352,9 +352,9 @@ int port80_start(const struct config *c, char *err, size_t errlen)
 		return snprintf(err, errlen, "libmicrohttpd: cannot start the port-80 listener"), -1;
 	}
 	if (strchr(c->listen_host, ':'))
-		log_info("derpd: serving port-80 HTTP on [%s]:%d", c->listen_host, port80_port);
+		log_info(LS_HTTP, "serving port-80 HTTP on [%s]:%d", c->listen_host, port80_port);
 	else
-		log_info("derpd: serving port-80 HTTP on %s:%d", c->listen_host, port80_port);
+		log_info(LS_HTTP, "serving port-80 HTTP on %s:%d", c->listen_host, port80_port);
 	return 0;
 }
 

@@ -16,7 +16,9 @@
 
 #include "server/admission.h"
 #include "server/config.h"
+#include "server/key.h"
 #include "server/log.h"
+#include "server/server.h"
 
 /* Checks in flight at once (one socket each; upstream has no cap), and checks waiting
  * for one of those slots; beyond that a login is refused, never admitted unchecked. */
@@ -28,7 +30,6 @@
 #define WHOIS_BODY_MAX (1 << 20)
 #define TAILSCALE_CAP "145"    /* tailcfg.CurrentCapabilityVersion */
 #define DEFAULT_SOCKET "/var/run/tailscale/tailscaled.sock"
-#define BUSY_LOG_MS 1000       /* one "queue full" line per second at most */
 
 enum { ST_IDLE, ST_RUNNING, ST_STOPPED };
 enum { STAGE_WHOIS = 1, STAGE_HOOK };
@@ -47,7 +48,7 @@ struct req {
 	uint8_t key[32];
 	char hex[65];
 	char src[INET6_ADDRSTRLEN + IF_NAMESIZE + 2]; /* webhook "Source" */
-	char peer[INET6_ADDRSTRLEN + IF_NAMESIZE + 10]; /* for the log: ip:port */
+	char peer[INET6_ADDRSTRLEN + IF_NAMESIZE + 18]; /* for the log: ip:port [abcde] */
 	const uint8_t *gone;
 	void (*done)(void *arg, int allow);
 	void *arg;
@@ -74,7 +75,6 @@ static struct {
 	int verify_clients, fail_open;
 	char *url, *socket;
 	int inflight_max, pending_max;
-	int64_t busy_log_ms, busy_unlogged; /* under mu */
 	uint64_t count[ADMISSION_NRESULTS];  /* atomic */
 } adm = { .mu = PTHREAD_MUTEX_INITIALIZER, .inflight_max = ADM_INFLIGHT_MAX,
 	.pending_max = ADM_PENDING_MAX };
@@ -82,13 +82,6 @@ static struct {
 /* The checker's own in-flight list (only its thread touches it). */
 static struct req *inflight;
 static int ninflight;
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void key_hex(const uint8_t key[32], char out[65])
 {
@@ -136,6 +129,10 @@ static void format_peer(const struct sockaddr *sa, socklen_t len, struct req *r)
 		snprintf(r->peer, sizeof r->peer, "unknown");
 	}
 	snprintf(r->src, sizeof r->src, "%s", ip);
+	char ks[8];
+	key_short(ks, r->key);
+	size_t n = strlen(r->peer);
+	snprintf(r->peer + n, sizeof r->peer - n, " %s", ks);
 }
 
 /* ---- answering ---- */
@@ -156,7 +153,7 @@ static void req_answer(struct req *r, enum admission_result res)
 {
 	__atomic_add_fetch(&adm.count[res], 1, __ATOMIC_RELAXED);
 	if (res == ADMISSION_ABANDONED)
-		log_debug("derp: %s: client nodekey:%s left before its admission was decided",
+		log_debug(LS_ADMISSION, "%s: nodekey:%s left before its admission was decided",
 			  r->peer, r->hex);
 	r->done(r->arg, res == ADMISSION_ADMITTED || res == ADMISSION_FAILED_OPEN);
 	req_free(r);
@@ -174,7 +171,8 @@ static void req_answer_all(struct req *list, enum admission_result res)
 
 static void refuse(struct req *r, const char *why)
 {
-	log_info("derp: %s: client nodekey:%s rejected: %s", r->peer, r->hex, why);
+	log_debug(LS_ADMISSION, "%s: nodekey:%s refused: %s", r->peer, r->hex, why);
+	server_login_refused(LOGIN_NOT_ADMITTED, r->peer, why);
 	req_answer(r, ADMISSION_REFUSED);
 }
 
@@ -386,7 +384,8 @@ static void hook_done(struct req *r, CURLcode rc, long status)
 	if (rc != CURLE_OK && status == 0) {
 		/* no response at all: a transport error, where fail-open decides */
 		if (adm.fail_open) {
-			log_info("admission controller unreachable; allowing client nodekey:%s (%s)",
+			log_warn(LS_ADMISSION,
+				 "admission controller unreachable; allowing client nodekey:%s (%s)",
 				 r->hex, xfer_error(r, rc));
 			req_answer(r, ADMISSION_FAILED_OPEN);
 			return;
@@ -600,19 +599,13 @@ int admission_enabled(void)
 	return on;
 }
 
-/* Under adm.mu: a refusal because derpd is busy, logged once a second with a count. */
-static void busy_log(const struct req *r)
+/* Under adm.mu: a refusal because derpd is busy, summarised with the other refusals. */
+static void busy_refuse(const struct req *r)
 {
-	int64_t now = mono_ms();
+	char why[80];
 
-	adm.busy_unlogged++;
-	if (now - adm.busy_log_ms < BUSY_LOG_MS)
-		return;
-	log_info("derp: %s: admission queue full (%d checks waiting); refusing client nodekey:%s"
-		 " (%lld refused since the last such line)", r->peer, adm.npend, r->hex,
-		 (long long)adm.busy_unlogged);
-	adm.busy_log_ms = now;
-	adm.busy_unlogged = 0;
+	snprintf(why, sizeof why, "admission queue full (%d checks waiting)", adm.npend);
+	server_login_refused(LOGIN_ADMISSION_BUSY, r->peer, why);
 }
 
 void admission_check(const uint8_t key[32], const struct sockaddr *peer, socklen_t peerlen,
@@ -623,7 +616,7 @@ void admission_check(const uint8_t key[32], const struct sockaddr *peer, socklen
 
 	if (!r) {
 		/* nowhere to keep the request: the one case answered in the caller's thread */
-		log_info("admission: out of memory; refusing client");
+		server_login_refused(LOGIN_ADMISSION_BUSY, NULL, "out of memory");
 		__atomic_add_fetch(&adm.count[ADMISSION_BUSY], 1, __ATOMIC_RELAXED);
 		done(arg, 0);
 		return;
@@ -638,7 +631,7 @@ void admission_check(const uint8_t key[32], const struct sockaddr *peer, socklen
 	if (adm.state == ST_RUNNING) {
 		if (adm.npend >= adm.pending_max) {
 			/* busy is no reason to admit: refuse, and let the client come back */
-			busy_log(r);
+			busy_refuse(r);
 			r->next = adm.busy;
 			adm.busy = r;
 		} else {

@@ -786,7 +786,7 @@ int config_parse(struct config *cfg, int argc, char **argv)
 			return 2;
 		}
 		cfg->config_path = DEFAULT_KEY_PATH;
-		log_info("no config path specified; using %s", cfg->config_path);
+		log_info(LS_CONFIG, "no config path specified; using %s", cfg->config_path);
 	}
 	return 0;
 }

@@ -2,6 +2,7 @@
  * Each stage has a deadline, kept in the worker's timer wheel. */
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -13,6 +14,7 @@
 #include "server/log.h"
 #include "server/relay.h"
 #include "server/sentto.h"
+#include "server/server.h"
 
 #define TLS_HANDSHAKE_TIMEOUT_MS 10000
 #define HANDSHAKE_TIMEOUT_MS 10000  /* PROTOCOL.md §6: ServerKey write, ClientInfo read */
@@ -188,6 +190,8 @@ static int64_t keepalive_period(const struct conn *c)
 void conn_on_timer(struct conn *c, int64_t now)
 {
 	if (c->deadline_ms && now >= c->deadline_ms) {
+		if (c->ssl && !c->tls_done)
+			tls_handshake_failed(c, TLS_FAIL_TIMEOUT, "not done in time");
 		conn_close(c, c->ssl && !c->tls_done ? "timeout in the TLS handshake"
 			      : c->state == CS_HTTP ? "timeout reading HTTP request"
 						    : "timeout waiting for client info");
@@ -264,9 +268,8 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	if (c->state == CS_CLOSED)
 		return;
 	if (c->registered) {
-		char ks[8];
-		key_short(ks, c->key);
-		log_debug("derp: conn %llu %s: closing: %s", (unsigned long long)c->id, ks, why);
+		char name[CONN_NAME_LEN];
+		log_debug(LS_DERP, "%s: closing: %s", conn_name(c, name), why);
 		/* After this no other thread can find c, so nobody pushes to it any more. */
 		mesh_on_unregister(c, client_map_unregister(relay.map, &c->member));
 		STAT_ADD(st, current_connections, -1);
@@ -276,7 +279,8 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 			STAT_ADD(st, current_notideal_connections, -1);
 		c->registered = 0;
 	} else {
-		log_debug("derp: conn %llu: closing before login: %s", (unsigned long long)c->id, why);
+		char name[CONN_NAME_LEN];
+		log_debug(LS_DERP, "%s: closing before login: %s", conn_name(c, name), why);
 	}
 	c->state = CS_CLOSED;
 	if (c->rate_resume_ms)
@@ -353,6 +357,22 @@ void conn_peer(const struct conn *c, struct sockaddr_storage *peer, socklen_t *p
 		in6->sin6_port = htons(c->port);
 		*peerlen = sizeof *in6;
 	}
+}
+
+const char *conn_name(const struct conn *c, char out[CONN_NAME_LEN])
+{
+	struct sockaddr_storage peer;
+	socklen_t plen;
+	char ks[8];
+
+	conn_peer(c, &peer, &plen);
+	log_addr(out, (struct sockaddr *)&peer);
+	key_short(ks, c->key);
+	if (ks[0]) {
+		size_t n = strlen(out);
+		snprintf(out + n, CONN_NAME_LEN - n, " %s", ks);
+	}
+	return out;
 }
 
 void conn_free(struct conn *c)

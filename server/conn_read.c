@@ -8,6 +8,7 @@
 #include "server/frame.h"
 #include "server/log.h"
 #include "server/relay.h"
+#include "server/server.h"
 
 #define READ_BUDGET 2 /* reads per wake-up before giving other connections a turn */
 #define HOME_MOVE_GRACE_MS 5000
@@ -222,6 +223,10 @@ static int parse_frames(struct conn *c)
 		case V_CLOSE:
 			if (type == FRAME_PING)
 				STAT_ADD(&c->w->stats, got_ping, 1);
+			if (strncmp(why, "insufficient permissions", 24) == 0) {
+				char name[CONN_NAME_LEN];
+				server_login_refused(LOGIN_NO_MESH_KEY, conn_name(c, name), why);
+			}
 			conn_close(c, why);
 			return -1;
 		case V_DISCARD:

@@ -9,6 +9,7 @@
 #include "server/frame.h"
 #include "server/hll.h"
 #include "server/relay.h"
+#include "server/server.h"
 #include "server/websocket.h"
 
 #define FLUSH_ROUNDS 8 /* batches per turn before letting other connections write */
@@ -247,6 +248,11 @@ void conn_on_writable(struct conn *c)
 {
 	/* TLS output kept from before goes first, whatever the state (handshake too). */
 	if (c->tls_olen && tls_flush(c) != 0 && errno != EAGAIN) {
+		if (c->ssl && !c->tls_done) {
+			int e = errno;
+			tls_handshake_failed(c, TLS_FAIL_EOF, strerror(e));
+			errno = e;
+		}
 		if (c->out)
 			write_failed(c, errno);
 		else

@@ -2,6 +2,7 @@
  * register, ServerInfo out. */
 #include <jansson.h>
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,7 +12,9 @@
 #include "server/handshake.h"
 #include "server/key.h"
 #include "server/log.h"
+#include "server/logsum.h"
 #include "server/relay.h"
+#include "server/server.h"
 
 #define HANDSHAKE_TIMEOUT_MS 10000
 
@@ -106,27 +109,55 @@ static int send_server_info(struct conn *c)
 static int ask_admission(struct conn *c);
 static int login_finish(struct conn *c);
 
+static const char *const login_refusal_name[LOGIN_N] = {
+	[LOGIN_BAD_CLIENT_INFO] = "bad_client_info",
+	[LOGIN_NOT_ADMITTED] = "not_admitted",
+	[LOGIN_ADMISSION_BUSY] = "admission_busy",
+	[LOGIN_NO_MESH_KEY] = "no_mesh_key",
+	[LOGIN_OTHER] = "other",
+};
+
+static struct log_tally refused =
+	LOG_TALLY_INIT(LS_DERP, "refused login", login_refusal_name, LOGIN_N);
+
+void server_login_refused(enum login_refusal why, const char *peer, const char *detail)
+{
+	log_tally_add(&refused, why, peer, detail);
+}
+
+/* A ClientInfo refused: the line (with --verbose) and the summary. */
+static void bad_client_info(struct conn *c, const uint8_t *ckey, const char *why)
+{
+	char name[CONN_NAME_LEN], ks[8];
+	size_t n;
+
+	conn_name(c, name); /* c->key is not set yet: the key it claimed, if any */
+	key_short(ks, ckey);
+	n = strlen(name);
+	if (ks[0])
+		snprintf(name + n, sizeof name - n, " %s", ks);
+	log_debug(LS_DERP, "%s: bad client info: %s", name, why);
+	server_login_refused(LOGIN_BAD_CLIENT_INFO, name, why);
+}
+
 int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 {
 	const uint8_t *ckey = payload, *nonce = payload + DERP_KEY_LEN;
 	const uint8_t *box = nonce + DERP_NONCE_LEN;
 	size_t boxlen = len - DERP_KEY_LEN - DERP_NONCE_LEN;
 	struct client_info ci;
-	char err[160], ks[8];
+	char err[160];
 	uint8_t *plain;
 
 	if (boxlen < DERP_BOX_OVERHEAD || key_is_zero(ckey)) {
-		log_info("derp: conn %llu: bad client info: %s", (unsigned long long)c->id,
-			 boxlen < DERP_BOX_OVERHEAD ? "box too short" : "zero client key");
+		bad_client_info(c, ckey, boxlen < DERP_BOX_OVERHEAD ? "box too short" : "zero client key");
 		return -1;
 	}
 	plain = malloc(boxlen - DERP_BOX_OVERHEAD + 1);
 	if (!plain)
 		return -1;
 	if (crypto_box_open_easy(plain, box, boxlen, nonce, ckey, relay.priv) != 0) {
-		key_short(ks, ckey);
-		log_info("derp: conn %llu %s: client info box does not open",
-			 (unsigned long long)c->id, ks);
+		bad_client_info(c, ckey, "client info box does not open");
 		free(plain);
 		return -1;
 	}
@@ -134,9 +165,7 @@ int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 					     err, sizeof err);
 	free(plain);
 	if (rc != 0) {
-		key_short(ks, ckey);
-		log_info("derp: conn %llu %s: bad client info: %s", (unsigned long long)c->id, ks,
-			 err);
+		bad_client_info(c, ckey, err);
 		return -1;
 	}
 	memcpy(c->key, ckey, DERP_KEY_LEN);
@@ -214,7 +243,7 @@ void handshake_admitted(struct worker *w)
 /* Admitted: register, ServerInfo, steady state. */
 static int login_finish(struct conn *c)
 {
-	char ks[8];
+	char name[CONN_NAME_LEN];
 
 	client_map_register(relay.map, &c->member);
 	c->registered = 1;
@@ -224,9 +253,8 @@ static int login_finish(struct conn *c)
 		STAT_ADD(&c->w->stats, current_notideal_connections, 1);
 	if (send_server_info(c) != 0)
 		return -1;
-	key_short(ks, c->key);
-	log_debug("derp: conn %llu %s: logged in%s", (unsigned long long)c->id, ks,
-		  c->fast_start ? " (fast start)" : "");
+	log_debug(LS_DERP, "%s: logged in%s%s", conn_name(c, name),
+		  c->fast_start ? " (fast start)" : "", c->is_mesh ? " (mesh peer)" : "");
 	conn_start_running(c);
 	return 0;
 }

@@ -64,7 +64,7 @@ static void hand_off(struct conn *c)
 	int fd = conn_detach(c, &peer, &plen);
 
 	if (httpd_add_connection(fd, (struct sockaddr *)&peer, plen) != 0)
-		log_debug("derpd: handing a connection to the HTTP server failed");
+		log_debug(LS_HTTP, "handing a connection to the HTTP server failed");
 }
 
 /* TLS: the head cannot be peeked, so read decrypted bytes into the read chunk. Returns

@@ -194,7 +194,7 @@ static int keyfile_create(const char *path, uint8_t priv[KEY_LEN], char *err, si
 		explicit_bzero(priv, KEY_LEN);
 		return -1;
 	}
-	log_info("created new key file %s", path);
+	log_info(LS_CONFIG, "created new key file %s", path);
 	return 0;
 }
 

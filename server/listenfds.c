@@ -141,8 +141,8 @@ int listenfds_take(int type, int port, const char *what)
 		if (in->taken || in->type != type || in->port != port)
 			continue;
 		in->taken = 1;
-		log_info("derpd: %s: using the socket from the service manager (%s%s%s)", what,
-			 in->addr, in->name[0] ? ", " : "", in->name);
+		log_info(LS_SYSTEMD, "%s: using the socket from the service manager (%s%s%s)",
+			 what, in->addr, in->name[0] ? ", " : "", in->name);
 		return in->fd;
 	}
 	return -1;

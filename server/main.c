@@ -19,6 +19,7 @@
 #include "server/keyfile.h"
 #include "server/listenfds.h"
 #include "server/log.h"
+#include "server/logsum.h"
 #include "server/notify.h"
 #include "server/ratelimit.h"
 #include "server/server.h"
@@ -34,10 +35,10 @@ static void raise_fd_limit(void)
 	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-			log_info("derpd: raising the file descriptor limit: %s", strerror(errno));
+			log_warn(LS_DERPD, "raising the file descriptor limit: %s", strerror(errno));
 	}
 	getrlimit(RLIMIT_NOFILE, &rl);
-	log_info("derpd: file descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+	log_info(LS_DERPD, "file descriptor limit %llu", (unsigned long long)rl.rlim_cur);
 }
 
 /* --rate-config: load and apply; at start-up a bad file is fatal, on SIGHUP the old
@@ -48,11 +49,11 @@ static int load_rate_config(const struct config *cfg)
 	char err[256];
 
 	if (rate_config_load(cfg->rate_config, &rc, err, sizeof err) != 0) {
-		log_info("derpd: rate config: %s", err);
+		log_error(LS_CONFIG, "rate config: %s", err);
 		return -1;
 	}
 	server_set_rate_config(&rc);
-	log_info("rate config applied: client-rate=%llu bytes/sec, client-burst=%llu bytes",
+	log_info(LS_CONFIG, "rate config applied: client-rate=%llu bytes/sec, client-burst=%llu bytes",
 		 (unsigned long long)rc.bytes_per_sec, (unsigned long long)rc.burst);
 	return 0;
 }
@@ -104,7 +105,7 @@ static void watchdog_ping(int64_t **turns, int *cap)
 	int64_t max_age = (int64_t)(notify_watchdog_usec() / 1000);
 	int ok = notify_workers_fresh(*turns, n, notify_now_ms(), max_age);
 	if (!ok)
-		log_info("derpd: a worker has not turned for %lld ms; withholding the watchdog ping",
+		log_error(LS_SYSTEMD, "a worker has not turned for %lld ms; withholding the watchdog ping",
 			 (long long)max_age);
 	notify_watchdog_ping(ok);
 }
@@ -183,14 +184,14 @@ int main(int argc, char **argv)
 	stdio_hold();
 	if ((rc = config_parse(&cfg, argc, argv)) != 0)
 		return rc;
-	log_verbose = cfg.verbose;
+	log_init(cfg.verbose);
 	notify_init();
 	if (listenfds_init(err, sizeof err) != 0) {
-		log_info("derpd: %s", err);
+		log_error(LS_SYSTEMD, "%s", err);
 		return 1;
 	}
 	if (key_init() != 0) {
-		log_info("derpd: libsodium initialisation failed");
+		log_error(LS_DERPD, "libsodium initialisation failed");
 		return 1;
 	}
 	/* Signals are taken synchronously by this thread only (sigwait below); the worker
@@ -202,50 +203,54 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	raise_fd_limit();
+	if (log_summary_start(0, err, sizeof err) != 0) {
+		log_error(LS_CONFIG, "%s", err);
+		return 1;
+	}
 
 	if (cfg.dev) {
 		key_generate(priv);
-		log_info("derpd: dev mode: using a fresh in-memory server key");
+		log_info(LS_CONFIG, "dev mode: using a fresh in-memory server key");
 	} else if (keyfile_load_or_create(cfg.config_path, priv, err, sizeof err) != 0) {
-		log_info("derpd: config: %s", err);
+		log_error(LS_CONFIG, "%s", err);
 		return 1;
 	}
 	/* The mesh key must be known before any client logs in. */
 	if (mesh_init(&cfg, err, sizeof err) != 0) {
-		log_info("derpd: mesh: %s", err);
+		log_error(LS_MESH, "%s", err);
 		return 1;
 	}
 	if (cfg.run_stun && !(stun = stun_start(cfg.listen_host, cfg.stun_port, err, sizeof err))) {
-		log_info("derpd: STUN: %s", err);
+		log_error(LS_STUN, "cannot start the STUN server: %s", err);
 		return 1;
 	}
 	if (cfg.tls) {
 		uint8_t pub[32];
 		key_public(pub, priv);
 		if (!(certs = cert_provider_start(&cfg, pub, err, sizeof err))) {
-			log_info("derper: can not start cert provider: %s", err);
+			log_error(LS_CERT, "derper: can not start cert provider: %s", err);
 			return 1;
 		}
 		server_set_cert_provider(certs);
-		log_info("derpd: TLS with %s", cert_tls_library());
+		log_info(LS_TLS, "TLS with %s", cert_tls_library());
 	}
 	if (httpd_start(&cfg, err, sizeof err) != 0) {
-		log_info("derpd: HTTP: %s", err);
+		log_error(LS_HTTP, "%s", err);
 		return 1;
 	}
 	if (cfg.rate_config[0] && load_rate_config(&cfg) != 0)
 		return 1;
 	if (admission_start(&cfg, err, sizeof err) != 0) {
-		log_info("derpd: %s", err);
+		log_error(LS_DERPD, "%s", err);
 		return 1;
 	}
 	if (server_start(&cfg, priv, err, sizeof err) != 0 ||
 	    listenfds_check_unused(err, sizeof err) != 0) {
-		log_info("derpd: %s", err);
+		log_error(LS_DERPD, "%s", err);
 		return 1;
 	}
 	if (mesh_start(&cfg, priv, err, sizeof err) != 0) {
-		log_info("derpd: mesh: %s", err);
+		log_error(LS_MESH, "%s", err);
 		return 1;
 	}
 
@@ -264,12 +269,12 @@ int main(int argc, char **argv)
 			if (certs)
 				cert_provider_reload(certs);
 			if (!cfg.rate_config[0] && !certs)
-				log_info("derpd: SIGHUP: nothing to reload; ignored");
+				log_info(LS_DERPD, "SIGHUP: nothing to reload; ignored");
 			notify_serving(&cfg, "");
 			sig = 0;
 		}
 	}
-	log_info("derpd: %s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	log_info(LS_DERPD, "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
 	notify_stopping();
 	free(turns);
 	mesh_stop();
@@ -280,6 +285,7 @@ int main(int argc, char **argv)
 	httpd_stop();
 	server_free(); /* after the HTTP threads, which read the relay's counters, are gone */
 	cert_provider_stop(certs);
-	log_info("derpd: stopped");
+	log_summary_stop(); /* what is still counted goes out before the last line */
+	log_info(LS_DERPD, "stopped");
 	return 0;
 }

@@ -241,7 +241,7 @@ void mesh_close_peer(const uint8_t key[32])
 
 	key_short(ks, key);
 	if (client_map_count(relay.map, key) == 0) {
-		log_debug("derp: mesh: close peer %s: not connected here", ks);
+		log_debug(LS_MESH, "ClosePeer %s: not connected here", ks);
 		return;
 	}
 	client_map_each_of(relay.map, key, request_close, NULL);
@@ -516,7 +516,7 @@ static void adopt_one(struct worker *w, struct mesh_out *mo)
 	c->state = CS_RUNNING;
 	c->deadline_ms = 0;
 	worker_timer_del(c);
-	log_info("mesh(\"%s\"): watching", mo->name);
+	log_info(LS_MESH, "peer \"%s\": watching", mo->name);
 	if (mo->len) {
 		c->rchunk = chunk_get((uint32_t)mo->len);
 		if (!c->rchunk) {
@@ -579,7 +579,7 @@ void mesh_out_closed(struct conn *c, const char *why)
 	/* As upstream on a broken watch connection: everything learned here is gone. */
 	sentto_foreach(mo->learned, unlearn, c);
 	sentto_free(mo->learned);
-	log_info("mesh(\"%s\"): connection closed: %s", mo->name, why);
+	log_info(LS_MESH, "peer \"%s\": connection closed: %s", mo->name, why);
 	/* Senders held for room in this link try again: their packets now go to another
 	 * link that reaches the destination, or are dropped as unknown_dest. */
 	worker_link_taken(c->w);

@@ -48,7 +48,7 @@ static int open_socket(const char *path)
 
 	if ((path[0] != '/' && path[0] != '@') || len < 2 || len >= sizeof notify_addr.sun_path) {
 		/* vsock: addresses (VMs) and relative paths are not for a relay's host */
-		log_info("derpd: NOTIFY_SOCKET=%s: not a socket path; not notifying systemd", path);
+		log_warn(LS_SYSTEMD, "NOTIFY_SOCKET=%s: not a socket path; not notifying systemd", path);
 		return -1;
 	}
 	memset(&notify_addr, 0, sizeof notify_addr);
@@ -60,7 +60,7 @@ static int open_socket(const char *path)
 				     (path[0] == '/'));
 	notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (notify_fd < 0) {
-		log_info("derpd: NOTIFY_SOCKET: socket: %s", strerror(errno));
+		log_warn(LS_SYSTEMD, "NOTIFY_SOCKET: socket: %s", strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -82,14 +82,14 @@ int notify_init(void)
 		return 0;
 	int64_t v = parse_u63(us), p = pid && *pid ? parse_u63(pid) : (int64_t)getpid();
 	if (v <= 0) {
-		log_info("derpd: WATCHDOG_USEC=%s: not a positive number; no watchdog", us);
+		log_warn(LS_SYSTEMD, "WATCHDOG_USEC=%s: not a positive number; no watchdog", us);
 		return 0;
 	}
 	if (p != (int64_t)getpid()) /* meant for another process (we were exec'd by a wrapper) */
 		return 0;
 	watchdog_usec = (uint64_t)v;
 	watchdog_next_ms = notify_now_ms();
-	log_info("derpd: systemd watchdog every %" PRIu64 " ms; pinging at half that",
+	log_info(LS_SYSTEMD, "watchdog every %" PRIu64 " ms; pinging at half that",
 		 watchdog_usec / 1000);
 	return 0;
 }
@@ -100,7 +100,7 @@ int notify_send(const char *msg)
 		return 0;
 	if (sendto(notify_fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&notify_addr,
 		   notify_addrlen) < 0) {
-		log_debug("derpd: NOTIFY_SOCKET: send: %s", strerror(errno));
+		log_debug(LS_SYSTEMD, "NOTIFY_SOCKET: send: %s", strerror(errno));
 		return -1;
 	}
 	return 0;

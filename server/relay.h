@@ -15,6 +15,7 @@
 #include "server/client_map.h"
 #include "server/config.h"
 #include "server/forwarders.h"
+#include "server/log.h"
 #include "server/ratelimit.h"
 #include "server/stats.h"
 
@@ -181,6 +182,9 @@ void conn_close(struct conn *c, const char *why);
 void conn_free(struct conn *c);
 /* c's remote address as a sockaddr in its natural family. */
 void conn_peer(const struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen);
+/* c as log lines name it: "ip:port", and " [abcde]" (key_short) once its key is known. */
+#define CONN_NAME_LEN (LOG_ADDR_LEN + 9)
+const char *conn_name(const struct conn *c, char out[CONN_NAME_LEN]);
 /* Remove c from the worker without closing its socket; returns the fd and the peer. */
 int conn_detach(struct conn *c, struct sockaddr_storage *peer, socklen_t *peerlen);
 /* Append a frame this worker made for c to c's local output. */
@@ -210,6 +214,10 @@ void tls_conn_attach(struct conn *c);     /* c->ssl writes through c (an adopted
  * with errno (EAGAIN: still some). conn_writev does this first. */
 int tls_flush(struct conn *c);
 int tls_handshake(struct conn *c);        /* 1 done, 0 in progress, -1 failed (closed) */
+/* A handshake on the listener failed (timeout, a write that failed): counted by reason for
+ * derpd_tls_handshake_failures_total and the log summary. The caller closes c. */
+enum tls_fail;
+void tls_handshake_failed(struct conn *c, enum tls_fail reason, const char *detail);
 ssize_t conn_recv(struct conn *c, void *buf, size_t len);            /* read(2) or TLS */
 ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n); /* writev(2) or TLS */
 void tls_conn_end(struct conn *c);

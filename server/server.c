@@ -400,12 +400,12 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	relay.port = port;
 	char kh[KEY_HEX_LEN + 1];
 	key_to_hex(kh, relay.pub);
-	log_info("derpd: server key %s; %d workers, send queues %d+%d", kh, relay.nworkers,
+	log_info(LS_DERPD, "server key %s; %d workers, send queues %d+%d", kh, relay.nworkers,
 		 relay.queue_depth, relay.queue_depth);
 	if (cfg->listen_host[0] && strchr(cfg->listen_host, ':'))
-		log_info("derpd: serving on [%s]:%d", cfg->listen_host, port);
+		log_info(LS_DERPD, "serving on [%s]:%d", cfg->listen_host, port);
 	else
-		log_info("derpd: serving on %s:%d", cfg->listen_host, port);
+		log_info(LS_DERPD, "serving on %s:%d", cfg->listen_host, port);
 	return 0;
 }
 

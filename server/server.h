@@ -24,6 +24,34 @@ void server_set_cert_provider(struct cert_provider *p);
 /* Apply a (re)loaded --rate-config to every connection, live ones included. */
 void server_set_rate_config(const struct rate_config *rc);
 
+/* Failed TLS handshakes on the relay listener, by reason (tls.c): the log summarises
+ * them, /metrics has derpd_tls_handshake_failures_total{reason}. */
+enum tls_fail {
+	TLS_FAIL_EOF,              /* the client closed or reset the connection */
+	TLS_FAIL_TIMEOUT,          /* not done within the handshake timeout */
+	TLS_FAIL_NOT_TLS,          /* not a TLS record: plain HTTP on the TLS port */
+	TLS_FAIL_PROTOCOL_VERSION, /* no TLS version in common (1.2 is the least) */
+	TLS_FAIL_NO_SHARED_CIPHER, /* no cipher suite, group or signature in common */
+	TLS_FAIL_BAD_CERTIFICATE,  /* the client refused our certificate (its alert) */
+	TLS_FAIL_UNKNOWN_SNI,      /* no certificate for the server name it asked for */
+	TLS_FAIL_OTHER,
+	TLS_FAIL_N
+};
+extern const char *const server_tls_fail_name[TLS_FAIL_N];
+void server_tls_failures(uint64_t out[TLS_FAIL_N]);
+
+/* Logins refused, by reason (handshake.c): one summary line per interval, not one each. */
+enum login_refusal {
+	LOGIN_BAD_CLIENT_INFO,  /* ClientInfo unreadable: bad box, zero key, bad JSON */
+	LOGIN_NOT_ADMITTED,     /* -verify-clients / -verify-client-url said no */
+	LOGIN_ADMISSION_BUSY,   /* too many admission checks waiting */
+	LOGIN_NO_MESH_KEY,      /* a mesh-only frame (WatchConns, ...) without the mesh key */
+	LOGIN_OTHER,
+	LOGIN_N
+};
+/* peer: "ip:port [abcde]" (may be NULL); detail: why. */
+void server_login_refused(enum login_refusal why, const char *peer, const char *detail);
+
 /* The server's public key (valid after start-up). */
 const uint8_t *server_public_key(void);
 

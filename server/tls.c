@@ -12,7 +12,9 @@
 #include "acme/cert.h"
 #include "metrics/httpd.h"
 #include "server/log.h"
+#include "server/logsum.h"
 #include "server/relay.h"
+#include "server/server.h"
 
 #define TLS_RECORD 16384 /* one TLS record's worth of plaintext per write */
 /* TLS output kept for a peer that does not read: one record and what wolfSSL writes of
@@ -54,6 +56,76 @@ static enum httpd_tls_version tls_version_of(WOLFSSL *ssl)
 	}
 }
 
+/* ---- failed handshakes: counted by reason (metric), summarised in the log ---- */
+
+const char *const server_tls_fail_name[TLS_FAIL_N] = {
+	[TLS_FAIL_EOF] = "eof",
+	[TLS_FAIL_TIMEOUT] = "timeout",
+	[TLS_FAIL_NOT_TLS] = "not_tls",
+	[TLS_FAIL_PROTOCOL_VERSION] = "protocol_version",
+	[TLS_FAIL_NO_SHARED_CIPHER] = "no_shared_cipher",
+	[TLS_FAIL_BAD_CERTIFICATE] = "bad_certificate",
+	[TLS_FAIL_UNKNOWN_SNI] = "unknown_sni",
+	[TLS_FAIL_OTHER] = "other",
+};
+
+static struct log_tally tls_fails =
+	LOG_TALLY_INIT(LS_TLS, "failed TLS handshake", server_tls_fail_name, TLS_FAIL_N);
+
+void server_tls_failures(uint64_t out[TLS_FAIL_N])
+{
+	log_tally_totals(&tls_fails, out);
+}
+
+void tls_handshake_failed(struct conn *c, enum tls_fail reason, const char *detail)
+{
+	char name[CONN_NAME_LEN];
+
+	conn_name(c, name);
+	log_debug(LS_TLS, "%s: handshake failed (%s): %s", name, server_tls_fail_name[reason],
+		  detail);
+	log_tally_add(&tls_fails, reason, name, detail);
+}
+
+/* What a failed wolfSSL_accept means to an operator. The client's alert, if it sent one,
+ * says more than wolfSSL's error for it (FATAL_ERROR). */
+static enum tls_fail classify(struct conn *c, int err)
+{
+	WOLFSSL_ALERT_HISTORY h;
+
+	switch (err) {
+	case SOCKET_PEER_CLOSED_E:
+	case SOCKET_ERROR_E: /* reset by the peer */
+		return TLS_FAIL_EOF;
+	case VERSION_ERROR:
+		return TLS_FAIL_PROTOCOL_VERSION;
+	case MATCH_SUITE_ERROR:
+	case UNSUPPORTED_SUITE:
+		return TLS_FAIL_NO_SHARED_CIPHER;
+	case UNKNOWN_RECORD_TYPE:
+	case LENGTH_ERROR:
+		/* Not a TLS record: most likely plain HTTP ("GET ...") on the TLS port. */
+		return TLS_FAIL_NOT_TLS;
+	default:
+		break;
+	}
+	if (wolfSSL_get_alert_history(c->ssl, &h) == WOLFSSL_SUCCESS && h.last_rx.level == 2) {
+		switch (h.last_rx.code) {
+		case bad_certificate: case 43: case 44: case 45: case certificate_unknown:
+		case unknown_ca:
+			return TLS_FAIL_BAD_CERTIFICATE;
+		case wolfssl_alert_protocol_version:
+			return TLS_FAIL_PROTOCOL_VERSION;
+		case insufficient_security:
+			return TLS_FAIL_NO_SHARED_CIPHER;
+		}
+	}
+	if (wolfSSL_get_alert_history(c->ssl, &h) == WOLFSSL_SUCCESS && h.last_tx.level == 2 &&
+	    h.last_tx.code == handshake_failure)
+		return TLS_FAIL_NO_SHARED_CIPHER;
+	return TLS_FAIL_OTHER;
+}
+
 int tls_handshake(struct conn *c)
 {
 	int r = wolfSSL_accept(c->ssl);
@@ -70,9 +142,15 @@ int tls_handshake(struct conn *c)
 	int err = wolfSSL_get_error(c->ssl, r);
 	if (err == WOLFSSL_ERROR_WANT_READ || err == WOLFSSL_ERROR_WANT_WRITE)
 		return 0;
-	char msg[WOLFSSL_MAX_ERROR_SZ];
-	log_debug("derpd: conn %llu: TLS handshake: %s", (unsigned long long)c->id,
-		  wolfSSL_ERR_error_string((unsigned long)err, msg));
+	char msg[WOLFSSL_MAX_ERROR_SZ + 40];
+	WOLFSSL_ALERT_HISTORY h;
+	wolfSSL_ERR_error_string((unsigned long)err, msg);
+	if (wolfSSL_get_alert_history(c->ssl, &h) == WOLFSSL_SUCCESS && h.last_rx.level == 2) {
+		size_t n = strlen(msg);
+		snprintf(msg + n, sizeof msg - n, " (alert %d from the client)", h.last_rx.code);
+	}
+	log_info(LS_TLS, "XXX err %d", err);
+	tls_handshake_failed(c, classify(c, err), msg);
 	conn_close(c, "TLS handshake failed");
 	return -1;
 }
@@ -99,8 +177,9 @@ ssize_t conn_recv(struct conn *c, void *buf, size_t len)
 static int tls_keep(struct conn *c, const char *p, uint32_t n)
 {
 	if (c->tls_olen + n > TLS_OUT_MAX) {
-		log_debug("derpd: conn %llu: %u bytes of TLS output unread by the peer",
-			  (unsigned long long)c->id, c->tls_olen + n);
+		char name[CONN_NAME_LEN];
+		log_debug(LS_TLS, "%s: %u bytes of TLS output unread by the peer",
+			  conn_name(c, name), c->tls_olen + n);
 		return -1;
 	}
 	uint8_t *b = realloc(c->tls_out, c->tls_olen + n);

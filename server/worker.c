@@ -209,7 +209,7 @@ void worker_wake(struct worker *w)
 	uint64_t one = 1;
 
 	if (write(w->evfd, &one, sizeof one) < 0 && errno != EAGAIN)
-		log_info("derpd: worker %d: eventfd write: %s", w->id, strerror(errno));
+		log_error(LS_DERPD, "worker %d: eventfd write: %s", w->id, strerror(errno));
 }
 
 /* Take the ready list as an array: handling one connection may mark another of the same
@@ -430,7 +430,7 @@ static void accept_episode_end(struct worker *w, int64_t now)
 {
 	if (!w->accept_fails || now - w->accept_fail_last < 1000)
 		return;
-	log_info("derpd: worker %d: accepting again; for %.1f s, %ld accepts found no free "
+	log_info(LS_DERPD, "worker %d: accepting again; for %.1f s, %ld accepts found no free "
 		 "descriptor", w->id, (double)(w->accept_fail_last - w->accept_fail_ms) / 1000,
 		 w->accept_fails);
 	w->accept_fails = 0;
@@ -450,7 +450,7 @@ static void accept_some(struct worker *w)
 				w->accept_fail_last = now_ms();
 				if (w->accept_fails++ == 0) {
 					w->accept_fail_ms = w->accept_fail_last;
-					log_info("derpd: worker %d: accept: %s; pausing accepts until "
+					log_warn(LS_DERPD, "worker %d: accept: %s; pausing accepts until "
 						 "descriptors free up", w->id, strerror(errno));
 				}
 				listen_pause(w, 1);
@@ -530,7 +530,7 @@ static void *worker_main(void *arg)
 			} else if (p == &tag_event) {
 				uint64_t v;
 				if (read(w->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
-					log_info("derpd: worker %d: eventfd read: %s", w->id, strerror(errno));
+					log_error(LS_DERPD, "worker %d: eventfd read: %s", w->id, strerror(errno));
 			} else if ((uintptr_t)p & 1) {
 				/* the HTTP-server end of a TLS connection's bridge */
 				struct conn *c = (struct conn *)((uintptr_t)p & ~(uintptr_t)1);

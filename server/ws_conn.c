@@ -33,8 +33,11 @@ static int reply(struct conn *c, int status, const char *reason, const char *ext
 			 status, reason, extra, strlen(body), body);
 	struct iovec v = { resp, (size_t)n };
 
-	if (conn_writev(c, &v, 1) < 0)
-		log_debug("derpd: conn %llu: %s", (unsigned long long)c->id, strerror(errno));
+	if (conn_writev(c, &v, 1) < 0) {
+		char name[CONN_NAME_LEN];
+		log_debug(LS_DERP, "%s: WebSocket upgrade refusal not written: %s",
+			  conn_name(c, name), strerror(errno));
+	}
 	conn_close(c, "WebSocket upgrade refused");
 	return -1;
 }
@@ -143,7 +146,8 @@ int ws_ingest(struct conn *c, uint32_t n)
 		if (r == WS_DEC_MORE)
 			break;
 		if (r == WS_DEC_ERROR) {
-			log_debug("derpd: conn %llu: WebSocket: %s", (unsigned long long)c->id,
+			char name[CONN_NAME_LEN];
+			log_debug(LS_DERP, "%s: WebSocket: %s", conn_name(c, name),
 				  ws->dec.err_reason);
 			ws_close_with(c, ws->dec.err_status, ws->dec.err_reason);
 			conn_flush(c);

@@ -335,7 +335,7 @@ static void *stun_thread(void *arg)
 		if (poll(pfd, (nfds_t)s->nfd + 1, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			log_info("STUN poll: %s", strerror(errno)); /* EFAULT/EINVAL/ENOMEM only */
+			log_error(LS_STUN, "STUN poll: %s", strerror(errno)); /* EFAULT/EINVAL/ENOMEM only */
 			break;
 		}
 		if (pfd[s->nfd].revents)
@@ -352,7 +352,7 @@ static void *stun_thread(void *arg)
 					more = true;
 				} else if (n < 0) {
 					COUNT(read_error, 1);
-					log_info("STUN ReadFrom: %s", strerror(errno));
+					log_warn(LS_STUN, "STUN ReadFrom: %s", strerror(errno));
 					/* Upstream sleeps 1 s after a read error; we also wake for stop. */
 					if (stop_requested(s, 1000))
 						return NULL;
@@ -436,7 +436,7 @@ struct stun_server *stun_start(const char *host, int port, char *err, size_t err
 		socklen_t len = sizeof ss;
 		if (getsockname(s->fd[i], (struct sockaddr *)&ss, &len) == 0) {
 			addr_format((struct sockaddr *)&ss, a, sizeof a);
-			log_info("STUN server listening on %s", a);
+			log_info(LS_STUN, "STUN server listening on %s", a);
 		}
 	}
 	return s;
@@ -453,7 +453,7 @@ void stun_stop(struct stun_server *s)
 		return;
 	__atomic_store_n(&s->stopping, 1, __ATOMIC_RELAXED);
 	if (write(s->stopfd, &one, sizeof one) != sizeof one)
-		log_info("stun: stop: %s", strerror(errno));
+		log_warn(LS_STUN, "stop: %s", strerror(errno));
 	pthread_join(s->thread, NULL);
 	server_free(s);
 }
