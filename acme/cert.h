@@ -38,6 +38,9 @@ void cert_provider_stop(struct cert_provider *p);
  * thread, without blocking. The object holds its context: a reload never touches it.
  * NULL if no context could be made (out of memory). Free with wolfSSL_free. */
 WOLFSSL *cert_provider_ssl_new(struct cert_provider *p, int fd);
+/* After a failed handshake on this thread: why the provider refused the client's server
+ * name ("SNI \"x\": ..."), NULL if it did not. Reading clears it. */
+const char *cert_provider_take_refusal(void);
 
 /* Manual mode: re-read the certificate and key files now (SIGHUP); also done by the
  * provider thread when the files change. 0: new certificate serving; 1: files unchanged;

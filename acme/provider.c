@@ -263,6 +263,19 @@ static WOLFSSL_CTX *sni_choose(struct cert_provider *p, WOLFSSL *ssl, const char
 	return entry_ctx_locked(p, name, 0);
 }
 
+/* The last SNI refusal on this thread: the handshake runs on the worker that then
+ * classifies its failure (cert_provider_take_refusal). */
+static __thread char sni_refusal[320];
+static __thread int sni_refused;
+
+const char *cert_provider_take_refusal(void)
+{
+	if (!sni_refused)
+		return NULL;
+	sni_refused = 0;
+	return sni_refusal;
+}
+
 static int sni_cb(WOLFSSL *ssl, int *alert, void *arg)
 {
 	struct cert_provider *p = arg;
@@ -284,7 +297,8 @@ static int sni_cb(WOLFSSL *ssl, int *alert, void *arg)
 		ctx = NULL;
 	pthread_mutex_unlock(&p->mu);
 	if (ctx == NULL) {
-		log_debug(LS_TLS, "refusing handshake (SNI \"%s\"): %s", sni, why ? why : "error");
+		snprintf(sni_refusal, sizeof sni_refusal, "SNI \"%s\": %s", sni, why ? why : "error");
+		sni_refused = 1;
 		*alert = internal_error; /* what Go's server sends when GetCertificate fails */
 		return fatal_return;
 	}

@@ -9,6 +9,7 @@
 
 #include "metrics/httpd.h"
 #include "server/admission.h"
+#include "server/server.h"
 #include "server/stats.h"
 #include "stun/stun.h"
 
@@ -122,6 +123,7 @@ struct metrics_snapshot {
 	unsigned tls_request_seen, tls_active_seen; /* bit per version: label exists */
 	int tls_mode;                               /* tls_listener_* exist only then */
 	uint64_t tls_accepted, tls_rejected;
+	uint64_t tls_handshake_failures[TLS_FAIL_N]; /* by server/server.h's reason */
 	struct conntab_counters http;               /* derpd_http_* (prom.c only) */
 	int rate_limit;                             /* --rate-config given */
 	/* process */

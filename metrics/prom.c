@@ -214,6 +214,11 @@ void prom_write(struct mbuf *b, const struct metrics_snapshot *s)
 	for (int v = 0; v < HTTPD_TLS_NVERSIONS; v++)
 		mbuf_printf(b, "derper_tls_active_requests{version=\"%s\"} %lld\n", tls_label[v],
 			    (long long)s->tls_active[v]);
+	fam(b, "derpd_tls_handshake_failures_total", "counter",
+	    "TLS handshakes on the relay listener that failed, by reason.");
+	for (int r = 0; r < TLS_FAIL_N; r++)
+		mbuf_printf(b, "derpd_tls_handshake_failures_total{reason=\"%s\"} %lld\n",
+			    server_tls_fail_name[r], (long long)s->tls_handshake_failures[r]);
 	if (s->tls_mode) {
 		one(b, "tls_listener_accepted_connections_total", "counter",
 		    "Connections let through by the accept limiter.", s->tls_accepted);

@@ -134,6 +134,7 @@ void metrics_gather(struct metrics_snapshot *s, const struct config *cfg)
 	s->tls_active_seen = __atomic_load_n(&tls_active_seen, __ATOMIC_RELAXED);
 	s->tls_accepted = __atomic_load_n(&tls_accepted, __ATOMIC_RELAXED);
 	s->tls_rejected = __atomic_load_n(&tls_rejected, __ATOMIC_RELAXED);
+	server_tls_failures(s->tls_handshake_failures);
 	conntab_counters_get(&s->http);
 	s->tls_mode = cfg ? cfg->tls : 0;
 	s->rate_limit = cfg && cfg->rate_config && cfg->rate_config[0];

@@ -151,6 +151,7 @@ struct conn {
 	/* TLS (tls.c) */
 	struct WOLFSSL *ssl;
 	uint8_t tls_done, tls_version;
+	uint8_t tls_first, tls_first_seen; /* the client's first byte (0x16: a TLS handshake) */
 	uint8_t *tls_out;       /* TLS output the socket did not take yet (tls.c) */
 	uint32_t tls_olen;
 	struct bridge *bridge;  /* plain HTTP over TLS, carried to libmicrohttpd */

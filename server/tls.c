@@ -36,12 +36,28 @@ void server_set_cert_provider(struct cert_provider *p)
 	provider = p;
 }
 
+/* wolfSSL's own receive, noting the connection's first byte for classify(): the bytes
+ * are consumed by then, and a MSG_PEEK would cost a system call per handshake. */
+static int tls_io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+	struct conn *c = ctx;
+	int r = EmbedReceive(ssl, buf, sz, &c->fd);
+
+	if (r > 0 && !c->tls_first_seen) {
+		c->tls_first = (uint8_t)buf[0];
+		c->tls_first_seen = 1;
+	}
+	return r;
+}
+
 int tls_conn_start(struct conn *c)
 {
 	c->ssl = cert_provider_ssl_new(provider, c->fd);
 	if (!c->ssl)
 		return -1;
 	tls_conn_attach(c);
+	wolfSSL_SSLSetIORecv(c->ssl, tls_io_recv);
+	wolfSSL_SetIOReadCtx(c->ssl, c);
 	return 0;
 }
 
@@ -102,13 +118,13 @@ static enum tls_fail classify(struct conn *c, int err)
 	case MATCH_SUITE_ERROR:
 	case UNSUPPORTED_SUITE:
 		return TLS_FAIL_NO_SHARED_CIPHER;
-	case UNKNOWN_RECORD_TYPE:
-	case LENGTH_ERROR:
-		/* Not a TLS record: most likely plain HTTP ("GET ...") on the TLS port. */
-		return TLS_FAIL_NOT_TLS;
 	default:
 		break;
 	}
+	/* Its first byte is not a TLS handshake record's: an HTTP request ("GET ..."), a
+	 * probe, or garbage on the TLS port. */
+	if (c->tls_first != 0x16)
+		return TLS_FAIL_NOT_TLS;
 	if (wolfSSL_get_alert_history(c->ssl, &h) == WOLFSSL_SUCCESS && h.last_rx.level == 2) {
 		switch (h.last_rx.code) {
 		case bad_certificate: case 43: case 44: case 45: case certificate_unknown:
@@ -120,6 +136,10 @@ static enum tls_fail classify(struct conn *c, int err)
 			return TLS_FAIL_NO_SHARED_CIPHER;
 		}
 	}
+	/* A TLS 1.3 client's alert comes encrypted after our certificate, and wolfSSL reports
+	 * a parse error instead: a client that refuses our certificate, almost always. */
+	if (err == PARSE_ERROR && wolfSSL_version(c->ssl) == TLS1_3_VERSION)
+		return TLS_FAIL_BAD_CERTIFICATE;
 	if (wolfSSL_get_alert_history(c->ssl, &h) == WOLFSSL_SUCCESS && h.last_tx.level == 2 &&
 	    h.last_tx.code == handshake_failure)
 		return TLS_FAIL_NO_SHARED_CIPHER;
@@ -149,8 +169,14 @@ int tls_handshake(struct conn *c)
 		size_t n = strlen(msg);
 		snprintf(msg + n, sizeof msg - n, " (alert %d from the client)", h.last_rx.code);
 	}
-	log_info(LS_TLS, "XXX err %d", err);
-	tls_handshake_failed(c, classify(c, err), msg);
+	const char *sni = cert_provider_take_refusal();
+	enum tls_fail why = sni ? TLS_FAIL_UNKNOWN_SNI : classify(c, err);
+	if (sni)
+		snprintf(msg, sizeof msg, "%s", sni);
+	if (why == TLS_FAIL_EOF)
+		snprintf(msg, sizeof msg, "%s by the client",
+			 err == SOCKET_PEER_CLOSED_E ? "connection closed" : "connection reset");
+	tls_handshake_failed(c, why, msg);
 	conn_close(c, "TLS handshake failed");
 	return -1;
 }
