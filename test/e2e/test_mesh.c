@@ -295,7 +295,7 @@ static void test_region_formed(void **state)
 
 	(void)state;
 	for (int i = 0; i < NODES; i++) {
-		snprintf(self, sizeof self, "peer \"127.0.0.1:%u\"): detected self-connect",
+		snprintf(self, sizeof self, "peer \"127.0.0.1:%u\": detected self-connect",
 			 R.n[i].port);
 		assert_true(harness_log_contains(R.n[i].s, "DERP mesh key configured"));
 		if (!harness_log_contains(R.n[i].s, self))
@@ -471,7 +471,7 @@ static void test_wrong_key_refused(void **state)
 	const char *extra[] = { "-a", addr, "-mesh-psk-file", psk, "-mesh-with", with, NULL };
 	struct harness_server *d = harness_start(extra);
 	char ended[96];
-	snprintf(ended, sizeof ended, "peer \"%s\"): connection ended", with);
+	snprintf(ended, sizeof ended, "peer \"%s\": connection ended", with);
 	int64_t end = harness_now_ms() + T;
 	while (!harness_log_contains(d, ended) && harness_now_ms() < end)
 		poll(NULL, 0, 20);

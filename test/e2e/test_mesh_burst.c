@@ -402,7 +402,7 @@ static void test_stuck_peer_cut(void **state)
 		      (long long)(cut_at - held_at));
 	assert_true(to == to0 + 1);
 	char logline[96];
-	snprintf(logline, sizeof logline, "peer \"127.0.0.1:%u\"): connection closed: write timeout",
+	snprintf(logline, sizeof logline, "peer \"127.0.0.1:%u\": connection closed: write timeout",
 		 R.port[B]);
 	assert_true(harness_log_contains(R.s[A], logline));
 	/* Its sender is released: A reads the rest of what it sent (dropped: B's client is

@@ -241,7 +241,7 @@ static void test_node_restart_heals(void **state)
 
 static int log_has(void *arg)
 {
-	return harness_log_contains(arg, "): mesh connect: TLS");
+	return harness_log_contains(arg, "\": mesh connect: TLS");
 }
 
 /* Verification is real: a node trusting another CA, and one trusting only the system's

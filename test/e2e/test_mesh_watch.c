@@ -405,7 +405,7 @@ static void test_connect_error_retry(void **state)
 	int resv;
 
 	snprintf(with, sizeof with, "127.0.0.1:%u", mu_reserve_port(&resv)); /* not listening */
-	snprintf(line, sizeof line, "peer \"%s\"): mesh connect: dial 127.0.0.1:", with);
+	snprintf(line, sizeof line, "peer \"%s\": mesh connect: dial 127.0.0.1:", with);
 	const char *extra[] = { "-mesh-psk-file", f->key_path, "-mesh-with", with, NULL };
 	struct harness_server *s = harness_start(extra);
 	int64_t start = harness_now_ms(), first = -1;
@@ -609,12 +609,12 @@ static void test_mesh_with_config(void **state)
 	const char *self[] = { "-mesh-psk-file", path, "-hostname", "derp1.example.com",
 			       "-mesh-with", "derp1.example.com,127.0.0.1:443", NULL };
 	struct harness_server *s = harness_start(self);
-	assert_true(harness_log_contains(s, "peer \"derp1.example.com\"): this server's own"));
+	assert_true(harness_log_contains(s, "peer \"derp1.example.com\": this server's own"));
 	int64_t end = harness_now_ms() + 5000;
-	while (!harness_log_contains(s, "peer \"127.0.0.1:443\"): mesh connect: ") &&
+	while (!harness_log_contains(s, "peer \"127.0.0.1:443\": mesh connect: ") &&
 	       harness_now_ms() < end)
 		poll(NULL, 0, 10);
-	assert_true(harness_log_contains(s, "peer \"127.0.0.1:443\"): mesh connect: "));
+	assert_true(harness_log_contains(s, "peer \"127.0.0.1:443\": mesh connect: "));
 	harness_stop(s);
 	mu_rmdir(dir);
 }
