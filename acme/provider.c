@@ -297,7 +297,8 @@ static int sni_cb(WOLFSSL *ssl, int *alert, void *arg)
 		ctx = NULL;
 	pthread_mutex_unlock(&p->mu);
 	if (ctx == NULL) {
-		snprintf(sni_refusal, sizeof sni_refusal, "SNI \"%s\": %s", sni, why ? why : "error");
+		snprintf(sni_refusal, sizeof sni_refusal, "SNI \"%s\": %s", sni,
+			 why ? why : "error");
 		sni_refused = 1;
 		*alert = internal_error; /* what Go's server sends when GetCertificate fails */
 		return fatal_return;
@@ -500,8 +501,8 @@ static int manual_load(struct cert_provider *p, WOLFSSL_CTX **out, char *err, si
 		wc_Sha256Hash(ders[0], (word32)lens[0], d);
 		for (int i = 0; i < 32; i++)
 			snprintf(hex + 2 * i, 3, "%02x", d[i]);
-		log_info(LS_CERT, "Using self-signed certificate for IP address \"%s\". Configure it in "
-			 "DERPMap using: (https://tailscale.com/s/custom-derp)\n  "
+		log_info(LS_CERT, "Using self-signed certificate for IP address \"%s\". "
+			 "Configure it in DERPMap using: (https://tailscale.com/s/custom-derp) "
 			 "{\"Name\":\"custom\",\"RegionID\":900,\"HostName\":\"%s\","
 			 "\"CertName\":\"sha256-raw:%s\"}", p->hostname, p->hostname, hex);
 	}
@@ -533,8 +534,8 @@ int cert_provider_reload(struct cert_provider *p)
 	pthread_mutex_unlock(&p->mu);
 	rc = manual_load(p, &ctx, err, sizeof err);
 	if (rc < 0) {
-		log_error(LS_CERT, "derper: certificate reload refused, the old certificate keeps serving: %s",
-			 err);
+		log_error(LS_CERT, "derper: certificate reload refused, the old certificate "
+			  "keeps serving: %s", err);
 		return -1;
 	}
 	if (rc == 1)
@@ -765,8 +766,8 @@ struct cert_provider *cert_provider_start_ex(const struct config *cfg,
 		if (p->inotify_fd >= 0 &&
 		    inotify_add_watch(p->inotify_fd, p->certdir, IN_CLOSE_WRITE | IN_MOVED_TO |
 				      IN_CREATE | IN_ATTRIB) < 0) {
-			log_warn(LS_CERT, "derper: not watching %s for certificate changes (%s); SIGHUP "
-				 "reloads", p->certdir, strerror(errno));
+			log_warn(LS_CERT, "derper: not watching %s for certificate changes (%s); "
+				 "SIGHUP reloads", p->certdir, strerror(errno));
 			close(p->inotify_fd);
 			p->inotify_fd = -1;
 		}

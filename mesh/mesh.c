@@ -502,7 +502,8 @@ static void *watch_loop(void *arg)
 		struct derp_client *c = login(p, &self, err, sizeof err);
 		if (self) {
 			unpublish(p);
-			log_info(LS_MESH, "peer \"%s\": detected self-connect; ignoring host", p->t.name);
+			log_info(LS_MESH, "peer \"%s\": detected self-connect; ignoring host",
+				 p->t.name);
 			break;
 		}
 		if (!c) {
@@ -520,8 +521,8 @@ static void *watch_loop(void *arg)
 		int fd = !buf ? -1 : p->t.tls ? derp_client_detach_tls(c, &ssl, buf, n, &got)
 					      : derp_client_detach(c, buf, n, &got);
 		if (fd < 0) {
-			log_error(LS_MESH, "peer \"%s\": cannot take over the connection: %s", p->t.name,
-				 buf ? derp_client_error() : "out of memory");
+			log_error(LS_MESH, "peer \"%s\": cannot take over the connection: %s",
+				  p->t.name, buf ? derp_client_error() : "out of memory");
 			derp_client_close(c);
 		}
 		unpublish(p);
@@ -542,7 +543,8 @@ static void *watch_loop(void *arg)
 			pthread_mutex_lock(&mesh.mu);
 			p->adopted = 0;
 			pthread_mutex_unlock(&mesh.mu);
-			log_error(LS_MESH, "peer \"%s\": the relay refused the connection", p->t.name);
+			log_error(LS_MESH, "peer \"%s\": the relay refused the connection",
+				  p->t.name);
 		} else
 			taken = fd >= 0;
 		free(buf);
@@ -556,12 +558,13 @@ static void *watch_loop(void *arg)
 			break;
 		int64_t lived = now_ms() - began;
 		if (taken && lived < REFUSED_MS)
-			log_error(LS_MESH, "peer \"%s\": connection ended %lld ms after WatchConns: the peer "
-				 "refused our mesh key (its key differs, or it has none); reconnecting "
-				 "in %d s", p->t.name, (long long)lived, RETRY_MS / 1000);
+			log_error(LS_MESH, "peer \"%s\": connection ended %lld ms after WatchConns: "
+				  "the peer refused our mesh key (its key differs, or it has none); "
+				  "reconnecting in %d s", p->t.name, (long long)lived,
+				  RETRY_MS / 1000);
 		else
-			log_warn(LS_MESH, "peer \"%s\": connection ended; reconnecting in %d s", p->t.name,
-				 RETRY_MS / 1000);
+			log_warn(LS_MESH, "peer \"%s\": connection ended; reconnecting in %d s",
+				 p->t.name, RETRY_MS / 1000);
 		if (sleep_or_stop(RETRY_MS))
 			break;
 	}
@@ -665,7 +668,8 @@ int mesh_init(const struct config *cfg, char *err, size_t errlen)
 			goto fail;
 		s = comma ? comma + 1 : NULL;
 		if (cfg->hostname && strcmp(p->t.name, cfg->hostname) == 0) {
-			log_info(LS_MESH, "peer \"%s\": this server's own -hostname; skipped", p->t.name);
+			log_info(LS_MESH, "peer \"%s\": this server's own -hostname; skipped",
+				 p->t.name);
 			continue;
 		}
 		/* a TLS server's peers serve TLS too: https whatever the port, as derper */
@@ -706,8 +710,8 @@ int mesh_start(const struct config *cfg, const uint8_t server_priv[32], char *er
 	for (size_t i = 0; i < mesh.npeers; i++) {
 		struct peer *p = &mesh.peers[i];
 		if (p->t.via)
-			log_info(LS_MESH, "peer \"%s\": will dial \"%s\" for \"%s\"", p->t.name, p->t.dial,
-				 p->t.name);
+			log_info(LS_MESH, "peer \"%s\": will dial \"%s\" for \"%s\"", p->t.name,
+				 p->t.dial, p->t.name);
 		int e = pthread_create(&p->thread, NULL, watch_loop, p);
 		if (e != 0) {
 			snprintf(err, errlen, "mesh: starting a watch loop: %s", strerror(e));

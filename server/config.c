@@ -121,7 +121,7 @@ static const struct flag_def flags[] = {
 	FLAG("workers", FT_INT, workers, 1, 1,
 	     "worker threads, one epoll loop each (1.." "1024" ")"),
 	FLAG("verbose", FT_BOOL, verbose, 1, 1,
-	     "log per-connection detail"),
+	     "log per-connection detail (the debug level of every subsystem)"),
 	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
 	     "DERP keepalive frame period before a per-connection jitter (up to 5 s, at most\n"
 	     "a twelfth of it); must be > 0"),

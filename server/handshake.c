@@ -150,7 +150,8 @@ int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len)
 	uint8_t *plain;
 
 	if (boxlen < DERP_BOX_OVERHEAD || key_is_zero(ckey)) {
-		bad_client_info(c, ckey, boxlen < DERP_BOX_OVERHEAD ? "box too short" : "zero client key");
+		bad_client_info(c, ckey,
+				boxlen < DERP_BOX_OVERHEAD ? "box too short" : "zero client key");
 		return -1;
 	}
 	plain = malloc(boxlen - DERP_BOX_OVERHEAD + 1);

@@ -174,7 +174,7 @@ int log_summary_start(int64_t interval_ms, char *err, size_t errlen)
 		interval_ms = config_parse_duration_ms(v);
 		if (interval_ms <= 0) {
 			snprintf(err, errlen,
-				 "DERPD_LOG_SUMMARY_INTERVAL=%s: want a duration such as 60s, > 0", v);
+				 "DERPD_LOG_SUMMARY_INTERVAL=%s: want a duration > 0 (60s)", v);
 			return -1;
 		}
 	}

@@ -53,7 +53,8 @@ static int load_rate_config(const struct config *cfg)
 		return -1;
 	}
 	server_set_rate_config(&rc);
-	log_info(LS_CONFIG, "rate config applied: client-rate=%llu bytes/sec, client-burst=%llu bytes",
+	log_info(LS_CONFIG,
+		 "rate config applied: client-rate=%llu bytes/sec, client-burst=%llu bytes",
 		 (unsigned long long)rc.bytes_per_sec, (unsigned long long)rc.burst);
 	return 0;
 }
@@ -105,7 +106,8 @@ static void watchdog_ping(int64_t **turns, int *cap)
 	int64_t max_age = (int64_t)(notify_watchdog_usec() / 1000);
 	int ok = notify_workers_fresh(*turns, n, notify_now_ms(), max_age);
 	if (!ok)
-		log_error(LS_SYSTEMD, "a worker has not turned for %lld ms; withholding the watchdog ping",
+		log_error(LS_SYSTEMD,
+			  "a worker has not turned for %lld ms; withholding the watchdog ping",
 			 (long long)max_age);
 	notify_watchdog_ping(ok);
 }
