@@ -697,7 +697,7 @@ static struct srv *srv_start(int tls)
 				  "-http-port", "0", NULL };
 	v->s = harness_start_opts(tls ? tlsargs : plain, tls ? HARNESS_TLS : 0);
 	if (tls) {
-		/* "derpd: serving port-80 HTTP on 127.0.0.1:<port>" */
+		/* "http: serving port-80 HTTP on 127.0.0.1:<port>" */
 		FILE *f = fopen(v->s->log_path, "r");
 		char line[512];
 		const char *tag = "serving port-80 HTTP on 127.0.0.1:";

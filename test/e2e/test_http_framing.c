@@ -26,7 +26,7 @@ static char tmp[64];
 
 static uint16_t logged_port80(const struct harness_server *s)
 {
-	static const char needle[] = "derpd: serving port-80 HTTP on 127.0.0.1:";
+	static const char needle[] = "http: serving port-80 HTTP on 127.0.0.1:";
 	FILE *f = fopen(s->log_path, "r");
 	char line[512];
 	int port = 0;

@@ -43,7 +43,7 @@ static struct region {
 	struct node n[NODES];
 } R;
 
-/* Port from "derpd: serving port-80 HTTP on 127.0.0.1:<port>", 0 if not logged. */
+/* Port from "http: serving port-80 HTTP on 127.0.0.1:<port>", 0 if not logged. */
 static uint16_t port80(const struct harness_server *s)
 {
 	const char *tag = "serving port-80 HTTP on 127.0.0.1:";

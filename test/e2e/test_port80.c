@@ -41,7 +41,7 @@ static struct harness_server *srv; /* TLS derpd for the group */
 static struct harness_server p80;  /* srv with the port-80 listener's port */
 static char certdir[64];
 
-/* Port from the "derpd: serving port-80 HTTP on 127.0.0.1:<port>" log line, 0 if none. */
+/* Port from the "http: serving port-80 HTTP on 127.0.0.1:<port>" log line, 0 if none. */
 static uint16_t logged_port80(const struct harness_server *s)
 {
 	FILE *f = fopen(s->log_path, "r");
@@ -49,9 +49,9 @@ static uint16_t logged_port80(const struct harness_server *s)
 	int port = 0;
 	assert_non_null(f);
 	while (fgets(line, sizeof line, f)) {
-		const char *p = strstr(line, "derpd: serving port-80 HTTP on 127.0.0.1:");
+		const char *p = strstr(line, "http: serving port-80 HTTP on 127.0.0.1:");
 		if (p)
-			port = atoi(p + strlen("derpd: serving port-80 HTTP on 127.0.0.1:"));
+			port = atoi(p + strlen("http: serving port-80 HTTP on 127.0.0.1:"));
 	}
 	fclose(f);
 	return port > 0 && port < 65536 ? (uint16_t)port : 0;
