@@ -176,6 +176,32 @@ static void test_debug_off_is_free(void **state)
 	close(p[1]);
 }
 
+/* --verbose: debug for all; derper's DERP_DEBUG_LOGS (a Go boolean): for derp only. */
+static void test_init_levels(void **state)
+{
+	(void)state;
+	unsetenv("JOURNAL_STREAM");
+	unsetenv("DERP_DEBUG_LOGS");
+	log_init(0);
+	assert_int_equal(log_debug_mask, 0);
+	log_init(1);
+	assert_int_equal(log_debug_mask, (1u << LS_N) - 1);
+	static const char *const yes[] = { "1", "t", "true", "TRUE", "True" };
+	for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
+		setenv("DERP_DEBUG_LOGS", yes[i], 1);
+		log_init(0);
+		assert_int_equal(log_debug_mask, 1u << LS_DERP);
+	}
+	static const char *const no[] = { "0", "false", "yes", "" };
+	for (size_t i = 0; i < sizeof no / sizeof *no; i++) {
+		setenv("DERP_DEBUG_LOGS", no[i], 1);
+		log_init(0);
+		assert_int_equal(log_debug_mask, 0);
+	}
+	unsetenv("DERP_DEBUG_LOGS");
+	log_debug_mask = 0;
+}
+
 /* Lines from many threads never interleave: each is one write. */
 #define THREADS 8
 #define LINES 400
@@ -312,6 +338,7 @@ int main(void)
 		cmocka_unit_test(test_journal_match),
 		cmocka_unit_test(test_addr_and_short_key),
 		cmocka_unit_test(test_debug_off_is_free),
+		cmocka_unit_test(test_init_levels),
 		cmocka_unit_test(test_atomic_lines),
 		cmocka_unit_test(test_tally_line),
 		cmocka_unit_test(test_tally_add),
