@@ -150,6 +150,14 @@ static void test_tls_summary(void **state)
 	while ((total = tally_log(s->log_path, got, &other_n, &lines)) < n &&
 	       harness_now_ms() < end)
 		poll(NULL, 0, 50);
+	/* The client that refuses the certificate sends its alert and closes with the rest of
+	 * our flight unread: its reset can overtake the alert (then it is an eof). */
+	int badcert_as_eof = got[R_BADCERT] == 0 && got[R_EOF] == want[R_EOF] + 1;
+	if (badcert_as_eof) {
+		got[R_EOF]--;
+		got[R_BADCERT]++;
+		print_message("the bad_certificate handshake was counted as eof (reset first)\n");
+	}
 	if (total != n || memcmp(got, want, sizeof got) != 0 || other_n) {
 		harness_dump_log(s);
 		fail_msg("summaries say %d failures (eof %d, not_tls %d, protocol_version %d, "
@@ -180,7 +188,7 @@ static void test_tls_summary(void **state)
 		long v = strtol(p + strlen(series), NULL, 10), w = 0;
 		for (int k = 0; k < R_N; k++)
 			if (strcmp(rname[k], all[i]) == 0)
-				w = want[k];
+				w = want[k] + (badcert_as_eof ? (k == R_EOF) - (k == R_BADCERT) : 0);
 		if (v != w)
 			fail_msg("%s%ld, want %ld", series + 1, v, w);
 	}
