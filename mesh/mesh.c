@@ -169,7 +169,7 @@ int mesh_load_key(const struct config *cfg, uint8_t key[32], char key_text[KEY_H
 				      &mesh.secret_cached, err, errlen) != 0)
 			return -1;
 		if (value[0] == '\0') {
-			log_info("No mesh key configured");
+			log_info(LS_MESH, "No mesh key configured");
 			return 0;
 		}
 		rc = mesh_parse_key(value, strlen(value), key, key_text, err, errlen);
@@ -588,13 +588,13 @@ static void secrets_poll(const struct config *cfg)
 	int rc = mesh_secrets_fetch(cfg->secrets_url, name, have, value, sizeof value, &ver,
 				    &mesh.stopping, err, sizeof err);
 	if (rc < 0)
-		log_info("mesh: %s; still using mesh key version %lld", err, (long long)have);
+		log_warn(LS_MESH, "%s; still using mesh key version %lld", err, (long long)have);
 	else if (rc == 0 && ver != have) {
 		if (mesh_parse_key(value, strlen(value), key, text, err, sizeof err) != 0 ||
 		    key_is_zero(key))
-			log_info("mesh: setec: version %lld of %s is not a mesh key (%s); still "
-				 "using version %lld", (long long)ver, name,
-				 key_is_zero(key) ? "all zeros" : err, (long long)have);
+			log_error(LS_MESH, "setec: version %lld of %s is not a mesh key (%s); still "
+				  "using version %lld", (long long)ver, name,
+				  key_is_zero(key) ? "all zeros" : err, (long long)have);
 		else {
 			pthread_mutex_lock(&mesh.mu);
 			memcpy(mesh.key, key, sizeof key);
@@ -605,8 +605,8 @@ static void secrets_poll(const struct config *cfg)
 			server_set_mesh_key(key);
 			if (mesh_secrets_cache_write(cfg->secrets_cache_dir, name, value, ver, err,
 						     sizeof err) != 0)
-				log_info("mesh: %s", err);
-			log_info("mesh: setec: mesh key version %lld now used for new mesh logins",
+				log_warn(LS_MESH, "%s", err);
+			log_info(LS_MESH, "setec: mesh key version %lld now used for new mesh logins",
 				 (long long)ver);
 		}
 	}

@@ -189,21 +189,21 @@ int mesh_secrets_load(const struct config *cfg, char *out, size_t cap, int64_t *
 	char name[512];
 
 	mesh_secrets_name(cfg, name, sizeof name);
-	log_info("Setting up setec store from \"%s\"", cfg->secrets_url);
+	log_info(LS_MESH, "Setting up setec store from \"%s\"", cfg->secrets_url);
 	*cached = mesh_secrets_cache_read(cfg->secrets_cache_dir, name, out, cap, version) == 0;
 	if (*cached) {
-		log_info("Got mesh key from setec store (version %lld, from the cache; asking "
-			 "setec for a newer one)", (long long)*version);
+		log_info(LS_MESH, "Got mesh key from setec store (version %lld, from the cache; "
+			 "asking setec for a newer one)", (long long)*version);
 		return 0;
 	}
 	if (mesh_secrets_fetch(cfg->secrets_url, name, 0, out, cap, version, NULL, err,
 			       errlen) != 0)
 		return -1;
-	log_info("Got mesh key from setec store (version %lld)", (long long)*version);
+	log_info(LS_MESH, "Got mesh key from setec store (version %lld)", (long long)*version);
 	char werr[512];
 	if (mesh_secrets_cache_write(cfg->secrets_cache_dir, name, out, *version, werr,
 				     sizeof werr) != 0)
-		log_info("mesh: %s (a restart while setec is down will have no key)", werr);
+		log_warn(LS_MESH, "%s (a restart while setec is down will have no key)", werr);
 	return 0;
 }
 
