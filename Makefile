@@ -23,6 +23,11 @@ endif
 PKG_CFLAGS = $(shell $(PKG_ENV) pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell $(PKG_ENV) pkg-config --libs $(PKGS) 2>/dev/null)
 
+# derpd_build_info's revision: `git describe` of the tree being built, "unknown" outside
+# git (a packager may set REVISION=). Kept in $(BUILD)/revision, rewritten only when it
+# changes, so only metrics/snapshot.o is rebuilt for a new commit.
+REVISION ?= $(shell git describe --always --dirty --tags 2>/dev/null || echo unknown)
+
 # Every module directory contributes all its .c files to one static library;
 # the programs and tests link against it. main.c files are programs, not library.
 MODULES  := server stun acme mesh metrics
@@ -66,6 +71,13 @@ $(LIB): $(LIB_OBJ)
 $(BUILD)/wolfssl.prefix: FORCE
 	@mkdir -p $(BUILD)
 	@sh scripts/wolfssl.sh > $@.tmp && { cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
+
+$(BUILD)/revision: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(subst ','',$(REVISION))' > $@.tmp && { cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
+
+$(BUILD)/metrics/snapshot.o: $(BUILD)/revision
+$(BUILD)/metrics/snapshot.o: CPPFLAGS += -DDERPD_REVISION='"$(shell cat $(BUILD)/revision 2>/dev/null)"'
 
 $(BUILD)/%.o: %.c $(WOLFSSL_DEP)
 	@mkdir -p $(dir $@)
