@@ -44,7 +44,7 @@ FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
 .PHONY: all deps deps-test run test check check-unit check-e2e check-asan check-tsan check-man \
-        check-flags check-tools check-systemd fuzz install clean bench interop
+        check-flags check-tools check-systemd check-monitoring fuzz install clean bench interop
 all: derpd $(TOOLS)
 
 # Debian packages by purpose (scripts/deps.sh, README): `deps` what building and running
@@ -107,7 +107,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory interop
 	@$(MAKE) --no-print-directory check-asan
 
-check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd
+check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd check-monitoring
 	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
 
 check-unit: $(BUILD)/derpd $(TOOLS) $(UNIT)
@@ -146,6 +146,11 @@ check-tools: $(BUILD)/derpd $(TOOLS)
 # The unit verifies (systemd-analyze) and derpd runs with its privileges (setpriv, as root).
 check-systemd: $(BUILD)/derpd
 	@sh test/systemd/check.sh $(BUILD)
+
+# monitoring/: promtool check rules + test rules, the dashboard's JSON and PromQL, and
+# every metric they name exported by a running derpd (TLS and mesh on, so all families show).
+check-monitoring: $(BUILD)/derpd
+	@sh test/monitoring/check.sh $(BUILD)
 
 check-flags: derpd
 	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \
