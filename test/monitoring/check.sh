@@ -6,7 +6,8 @@
 #    (checked by promtool as recording rules, Grafana's $variables replaced);
 # 3. every metric the rules and the dashboard name is exported by a running derpd: derpd
 #    with TLS (a self-signed IP certificate) and a mesh peer, so every family has samples,
-#    scraped on --metrics-addr; a missing name fails, listed.
+#    scraped on --metrics-addr; a missing name fails, listed. Every derpd_* family it
+#    exports is in man/derpd.8.
 # MONITORING_DIR points at another copy of monitoring/ (to see this check fail).
 set -u
 build=$1
@@ -95,6 +96,12 @@ pid=""
 # Exported: every sample's name, and a histogram's family name beside its _bucket etc.
 grep -v '^#' "$tmp/metrics" | sed 's/[{ ].*//' | sort -u > "$tmp/samples"
 sed -n 's/_\(bucket\|sum\|count\)$//p' "$tmp/samples" | cat - "$tmp/samples" | sort -u > "$tmp/exported"
+# derpd's own families (derpd_*) are all in the man page's METRICS section.
+undoc=""
+for fam in $(sed -n 's/^# TYPE \(derpd_[a-zA-Z0-9_]*\) .*/\1/p' "$tmp/metrics"); do
+	grep -qw "$fam" man/derpd.8 || undoc="$undoc $fam"
+done
+[ -z "$undoc" ] || bad "exported by derpd, not in man/derpd.8:$undoc"
 missing="" pending=""
 for name in $(cat "$tmp/named"); do
 	grep -qx "$name" "$tmp/exported" && continue
