@@ -23,6 +23,11 @@ endif
 PKG_CFLAGS = $(shell $(PKG_ENV) pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell $(PKG_ENV) pkg-config --libs $(PKGS) 2>/dev/null)
 
+# derpd_build_info's revision: `git describe` of the tree being built, "unknown" outside
+# git (a packager may set REVISION=). Kept in $(BUILD)/revision, rewritten only when it
+# changes, so only metrics/snapshot.o is rebuilt for a new commit.
+REVISION ?= $(shell git describe --always --dirty --tags 2>/dev/null || echo unknown)
+
 # Every module directory contributes all its .c files to one static library;
 # the programs and tests link against it. main.c files are programs, not library.
 MODULES  := server stun acme mesh metrics
@@ -39,7 +44,7 @@ FUZZ_SRC := $(wildcard test/fuzz/fuzz_*.c)
 
 .PRECIOUS: $(BUILD)/%.o
 .PHONY: all deps deps-test run test check check-unit check-e2e check-asan check-tsan check-man \
-        check-flags check-tools check-systemd check-deb fuzz install programs deb clean bench interop
+        check-flags check-tools check-systemd check-deb check-monitoring fuzz install programs deb clean bench interop
 all: derpd $(TOOLS)
 
 # The programs in $(BUILD) only, without the ./derpd copy (make install, debian/rules).
@@ -71,6 +76,13 @@ $(BUILD)/wolfssl.prefix: FORCE
 	@mkdir -p $(BUILD)
 	@sh scripts/wolfssl.sh > $@.tmp && { cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
 
+$(BUILD)/revision: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(subst ','',$(REVISION))' > $@.tmp && { cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@; }
+
+$(BUILD)/metrics/snapshot.o: $(BUILD)/revision
+$(BUILD)/metrics/snapshot.o: CPPFLAGS += -DDERPD_REVISION='"$(shell cat $(BUILD)/revision 2>/dev/null)"'
+
 $(BUILD)/%.o: %.c $(WOLFSSL_DEP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
@@ -99,7 +111,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory interop
 	@$(MAKE) --no-print-directory check-asan
 
-check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd check-deb
+check: all $(UNIT) $(E2E) check-man check-flags check-tools check-systemd check-deb check-monitoring
 	@sh test/run.sh $(BUILD) $(UNIT) $(E2E)
 
 check-unit: $(BUILD)/derpd $(TOOLS) $(UNIT)
@@ -138,6 +150,11 @@ check-tools: $(BUILD)/derpd $(TOOLS)
 # The unit verifies (systemd-analyze) and derpd runs with its privileges (setpriv, as root).
 check-systemd: $(BUILD)/derpd
 	@sh test/systemd/check.sh $(BUILD)
+
+# monitoring/: promtool check rules + test rules, the dashboard's JSON and PromQL, and
+# every metric they name exported by a running derpd (TLS and mesh on, so all families show).
+check-monitoring: $(BUILD)/derpd
+	@sh test/monitoring/check.sh $(BUILD)
 
 check-flags: derpd
 	@if [ -x ../shared/tools/flagcheck ]; then ../shared/tools/flagcheck ./derpd man/derpd.8; \

@@ -64,7 +64,25 @@ enum cert_state cert_provider_state(struct cert_provider *p);
  * mode. */
 int acme_http01_response(const char *path, char *buf, size_t len);
 
+/* ---- status (status.c), safe from any thread ---- */
+
 /* "wolfSSL 5.5.4 (build-local, AES-NI in use)" and the like, for the start-up log. */
 const char *cert_tls_library(void);
+/* "wolfSSL 5.5.4": derpd_build_info's tls_library. */
+const char *cert_tls_library_version(void);
+/* 1 if the linked wolfSSL was built with AES-NI and this CPU has it (AES and PCLMUL). */
+int cert_tls_aesni(void);
+
+/* Every certificate being served (a manual one under --hostname, each ACME name or IP
+ * address) and its notAfter: derpd_tls_certificate_expiry_timestamp_seconds. Fills up to
+ * max, returns how many were filled. */
+struct cert_expiry {
+	char name[256];
+	int64_t not_after; /* Unix seconds */
+};
+size_t cert_expiry_list(struct cert_expiry *out, size_t max);
+/* ACME orders attempted and failed since start (derpd_acme_orders_total,
+ * derpd_acme_order_failures_total). */
+void cert_acme_counters(uint64_t *orders, uint64_t *failures);
 
 #endif

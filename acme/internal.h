@@ -218,6 +218,13 @@ struct cert_provider *cert_provider_start_ex(const struct config *cfg,
 					     const uint8_t server_pub[32], int challenges,
 					     char *err, size_t errlen);
 
+/* status.c: what the metrics read (acme/cert.h) is fed from here. A new provider starts
+ * with an empty certificate list; note a certificate once it serves. */
+void cert_status_reset(void);
+void cert_expiry_note(const char *name, int64_t not_after);
+/* One ACME order (issuance attempt) ended: ok or not. */
+void cert_acme_order_note(int ok);
+
 /* issue.c: ACME entries, cache, issuance and renewal; runs on the provider thread */
 int issue_init(struct cert_provider *p, char *err, size_t errlen);
 /* Run whatever is due; returns ms until the next thing is due (-1: nothing). */

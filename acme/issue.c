@@ -320,6 +320,7 @@ static int install(struct cert_provider *p, struct cert_entry *e, const char *ch
 		wolfSSL_CTX_free(old);
 	if (oldfront)
 		wolfSSL_CTX_free(oldfront);
+	cert_expiry_note(e->name, (int64_t)ci.not_after);
 	rc = 0;
 out:
 	for (size_t i = 0; i < nd; i++)
@@ -490,6 +491,7 @@ static void obtain(struct cert_provider *p, struct cert_entry *e)
 			rc = install(p, e, chain, strlen(chain), keypem, strlen(keypem), err,
 				     sizeof err);
 	}
+	cert_acme_order_note(rc == 0);
 	pthread_mutex_lock(&p->mu);
 	e->woken = 0;
 	e->want = rc != 0; /* a failure is retried after the backoff */

@@ -29,21 +29,6 @@
 #define DEFAULT_HOSTNAME "derp.tailscale.com"
 #define RELOAD_SETTLE_MS 300 /* files written one after the other settle first */
 
-const char *cert_tls_library(void)
-{
-	static char buf[160];
-	int cpu_aes = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
-
-#ifdef WOLFSSL_AESNI
-	snprintf(buf, sizeof buf, "wolfSSL %s (build-local with AES-NI; AES-NI %s)",
-		 wolfSSL_lib_version(), cpu_aes ? "in use" : "not in use: this CPU has none");
-#else
-	snprintf(buf, sizeof buf, "wolfSSL %s (system library without assembly; AES-NI not in use%s)",
-		 wolfSSL_lib_version(), cpu_aes ? " although the CPU has it" : "");
-#endif
-	return buf;
-}
-
 static int parse_ip(const char *s, uint8_t ip[16], size_t *len)
 {
 	if (inet_pton(AF_INET, s, ip) == 1) {
@@ -495,6 +480,11 @@ static int manual_load(struct cert_provider *p, WOLFSSL_CTX **out, char *err, si
 		goto out;
 	}
 	memcpy(p->leaf_sha, sha, 32);
+	{
+		struct cert_info ci;
+		if (cert_info_parse(ders[0], lens[0], &ci) == 0)
+			cert_expiry_note(p->hostname, (int64_t)ci.not_after);
+	}
 	if (p->host_is_ip) {
 		uint8_t d[32];
 		char hex[65];
@@ -666,6 +656,7 @@ struct cert_provider *cert_provider_start_ex(const struct config *cfg,
 	size_t iplen, n;
 	int gcp = strcmp(mode, "gcp") == 0;
 
+	cert_status_reset(); /* the names of an earlier provider (tests) are not served */
 	if (cfg->certdir == NULL || cfg->certdir[0] == '\0') {
 		snprintf(err, errlen, "missing required --certdir flag");
 		return NULL;

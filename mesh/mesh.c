@@ -41,6 +41,8 @@ struct peer {
 	int running;       /* thread started, not joined */
 	int adopted;       /* handed to the relay; on_closed not called yet (under mu) */
 	int dial_fd;       /* socket being dialled/logged in, for mesh_stop's shutdown (under mu) */
+	int self;          /* it turned out to be this server: not a peer (under mu) */
+	uint64_t fwd_drops; /* packets for it dropped (relaxed atomics, by the relay) */
 };
 
 static struct {
@@ -501,6 +503,9 @@ static void *watch_loop(void *arg)
 			break;
 		struct derp_client *c = login(p, &self, err, sizeof err);
 		if (self) {
+			pthread_mutex_lock(&mesh.mu);
+			p->self = 1;
+			pthread_mutex_unlock(&mesh.mu);
 			unpublish(p);
 			log_info(LS_MESH, "peer \"%s\": detected self-connect; ignoring host",
 				 p->t.name);
@@ -538,8 +543,10 @@ static void *watch_loop(void *arg)
 			free(buf);
 			break;
 		}
-		if (fd >= 0 && (ssl ? server_mesh_adopt_tls(fd, ssl, buf, got, p->t.name, on_closed, p)
-				    : server_mesh_adopt(fd, buf, got, p->t.name, on_closed, p)) != 0) {
+		if (fd >= 0 && (ssl ? server_mesh_adopt_tls(fd, ssl, buf, got, p->t.name, on_closed, p,
+							 &p->fwd_drops)
+				    : server_mesh_adopt(fd, buf, got, p->t.name, on_closed, p,
+							&p->fwd_drops)) != 0) {
 			pthread_mutex_lock(&mesh.mu);
 			p->adopted = 0;
 			pthread_mutex_unlock(&mesh.mu);
@@ -626,6 +633,32 @@ static void *secrets_loop(void *arg)
 		wait = cfg->secrets_poll_ms;
 	}
 	return NULL;
+}
+
+/* ---- status for the metrics --------------------------------------------------------- */
+
+size_t mesh_peers_status(struct mesh_peer_status *out, size_t max)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&mesh.mu);
+	for (size_t i = 0; i < mesh.npeers; i++) {
+		const struct peer *p = &mesh.peers[i];
+		if (p->self)
+			continue;
+		if (n < max) {
+			char host[256];
+			tls_name(&p->t, host, sizeof host);
+			/* one spelling per peer whatever the entry said: host:port, [v6]:port */
+			snprintf(out[n].peer, sizeof out[n].peer, strchr(host, ':') ? "[%s]:%u" : "%s:%u",
+				 host, (unsigned)p->t.port);
+			out[n].up = p->adopted;
+			out[n].fwd_drops = __atomic_load_n(&p->fwd_drops, __ATOMIC_RELAXED);
+		}
+		n++;
+	}
+	pthread_mutex_unlock(&mesh.mu);
+	return n;
 }
 
 /* ---- start / stop --------------------------------------------------------------- */
@@ -755,8 +788,10 @@ void mesh_stop(void)
 	/* A connection still with the relay (mesh_stop before server_stop) will call
 	 * on_closed with its peer later: keep the array alive for it then. */
 	if (!busy) {
+		pthread_mutex_lock(&mesh.mu); /* a scrape may be reading them */
 		free(mesh.peers);
 		mesh.peers = NULL;
 		mesh.npeers = 0;
+		pthread_mutex_unlock(&mesh.mu);
 	}
 }

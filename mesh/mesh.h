@@ -24,6 +24,16 @@ int mesh_start(const struct config *cfg, const uint8_t server_priv[32], char *er
 /* Stop every watch loop promptly (a connect in progress is aborted) and join them. */
 void mesh_stop(void);
 
+/* Each configured --mesh-with peer (not this server itself, whether skipped by -hostname or
+ * found by connecting to it): for derpd_mesh_peer_up and derpd_mesh_forward_drops_total.
+ * Fills up to max entries, returns how many peers there are. Safe from any thread. */
+struct mesh_peer_status {
+	char peer[264];      /* "host:port" ("[v6]:port"), the port 443 when the entry had none */
+	int up;              /* the link is logged in and run by the relay */
+	uint64_t fwd_drops;  /* packets bound for it dropped since start */
+};
+size_t mesh_peers_status(struct mesh_peer_status *out, size_t max);
+
 /* ---- exposed for unit tests ---- */
 
 #define MESH_KEY_ENV "TAILSCALE_DERPER_MESH_KEY"

@@ -285,6 +285,7 @@ static enum MHD_Result serve_scrape(struct MHD_Connection *c, int clean, int fla
 		prom_write(&b, &s);
 	else
 		varz_write(&b, &s);
+	metrics_release(&s);
 	if (b.oom) {
 		mbuf_free(&b);
 		return httpd_error(c, 500, "out of memory");
@@ -367,6 +368,7 @@ static enum MHD_Result serve_debug(struct MHD_Connection *c, const char *path,
 		struct metrics_snapshot s;
 		metrics_gather(&s, cfg);
 		char *j = vars_json(&s);
+		metrics_release(&s);
 		enum MHD_Result r = httpd_reply(c, 200, BROWSER_DEBUG, j, j ? strlen(j) : 0,
 						"Content-Type", "application/json; charset=utf-8",
 						NULL);

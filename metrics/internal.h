@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "acme/cert.h"
+#include "mesh/mesh.h"
 #include "metrics/httpd.h"
 #include "server/admission.h"
 #include "server/server.h"
@@ -136,14 +138,31 @@ struct metrics_snapshot {
 	int64_t uptime_sec;
 	const char *version;      /* DERPD_VERSION */
 	char binary[64];          /* base name of the executable */
+	/* derpd's SLO families (prom_slo.c) */
+	const char *revision;     /* DERPD_REVISION: git describe at build time, or "unknown" */
+	const char *tls_library;  /* "wolfSSL 5.5.4" */
+	int aesni;
+	struct cert_expiry *certs; /* malloc'd (metrics_release) */
+	size_t ncerts;
+	uint64_t acme_orders, acme_failures;
+	struct mesh_peer_status *mesh; /* malloc'd (metrics_release) */
+	size_t nmesh;
 };
 /* Fill every field: the relay's per-worker counters summed (never blocks a worker), STUN,
  * bootstrap DNS, TLS counters and /proc. */
 void metrics_gather(struct metrics_snapshot *s, const struct config *cfg);
+/* Free what metrics_gather allocated. */
+void metrics_release(struct metrics_snapshot *s);
 /* derper's /debug/varz, byte for byte in its order and types (SERVER.md §15). */
 void varz_write(struct mbuf *b, const struct metrics_snapshot *s);
 /* derpd's /metrics: same values, Prometheus naming conventions, HELP on everything. */
 void prom_write(struct mbuf *b, const struct metrics_snapshot *s);
+/* The families an SLO needs (prom_slo.c): build info, queue delay and RTT histograms,
+ * certificate expiry, ACME orders, mesh peers; prom_write calls it. */
+void prom_write_slo(struct mbuf *b, const struct metrics_snapshot *s);
+/* derpd_build_info{version,revision,tls_library,aesni}, HELP and TYPE first (also in
+ * /debug/varz, where derper's native registry part is). */
+void prom_build_info(struct mbuf *b, const struct metrics_snapshot *s);
 /* /debug/vars: the varz values as one JSON object (malloc'd string). */
 char *vars_json(const struct metrics_snapshot *s);
 

@@ -94,8 +94,7 @@ void prom_write(struct mbuf *b, const struct metrics_snapshot *s)
 {
 	const struct derp_stats *d = &s->derp.sum;
 	const struct derp_stats_snapshot *g = &s->derp;
-	fam(b, "derpd_build_info", "gauge", "derpd's version, as a constant 1.");
-	mbuf_printf(b, "derpd_build_info{version=\"%s\"} 1\n", s->version);
+	prom_build_info(b, s);
 	onef(b, "process_cpu_seconds_total", "counter",
 	     "Total user and system CPU time spent in seconds.", s->cpu_seconds);
 	one(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.",
@@ -177,6 +176,8 @@ void prom_write(struct mbuf *b, const struct metrics_snapshot *s)
 	for (int i = 0; i < ADMISSION_NRESULTS; i++)
 		mbuf_printf(b, "derpd_admission_checks_total{result=\"%s\"} %lld\n",
 			    admission_result_name[i], (long long)s->admission[i]);
+
+	prom_write_slo(b, s);
 
 	fam(b, "stun_requests_total", "counter", "STUN packets by outcome.");
 	mbuf_printf(b, "stun_requests_total{disposition=\"not_stun\"} %lld\n"

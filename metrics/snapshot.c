@@ -18,6 +18,10 @@
 #ifndef DERPD_VERSION
 #define DERPD_VERSION "unknown"
 #endif
+#ifndef DERPD_REVISION
+#define DERPD_REVISION "unknown"
+#endif
+#define CERTS_MAX 64
 
 static uint64_t tls_request[HTTPD_TLS_NVERSIONS];
 static int64_t tls_active[HTTPD_TLS_NVERSIONS];
@@ -156,4 +160,26 @@ void metrics_gather(struct metrics_snapshot *s, const struct config *cfg)
 	s->uptime_sec = up > 0 ? (int64_t)llround(up) : 0;
 	s->version = DERPD_VERSION;
 	read_binary_name(s->binary, sizeof s->binary);
+
+	s->revision = DERPD_REVISION;
+	s->tls_library = cert_tls_library_version();
+	s->aesni = cert_tls_aesni();
+	if ((s->certs = malloc(CERTS_MAX * sizeof *s->certs)) != NULL)
+		s->ncerts = cert_expiry_list(s->certs, CERTS_MAX);
+	cert_acme_counters(&s->acme_orders, &s->acme_failures);
+	/* peers may come and go between the two calls only at start-up and shutdown */
+	size_t n = mesh_peers_status(NULL, 0);
+	if (n && (s->mesh = malloc(n * sizeof *s->mesh)) != NULL) {
+		size_t got = mesh_peers_status(s->mesh, n);
+		s->nmesh = got < n ? got : n;
+	}
+}
+
+void metrics_release(struct metrics_snapshot *s)
+{
+	free(s->certs);
+	free(s->mesh);
+	s->certs = NULL;
+	s->mesh = NULL;
+	s->ncerts = s->nmesh = 0;
 }

@@ -149,9 +149,7 @@ static void derp_group(struct mbuf *b, const struct metrics_snapshot *s)
 void varz_write(struct mbuf *b, const struct metrics_snapshot *s)
 {
 	/* the native-registry part, sorted by family name */
-	mbuf_printf(b, "# HELP derpd_build_info derpd's version, as a constant 1.\n"
-		       "# TYPE derpd_build_info gauge\nderpd_build_info{version=\"%s\"} 1\n",
-		    s->version);
+	prom_build_info(b, s);
 	native(b, "process_cpu_seconds_total", "counter",
 	       "Total user and system CPU time spent in seconds.", s->cpu_seconds);
 	native(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.",

@@ -12,15 +12,16 @@
 # deb: debhelper for dpkg-buildpackage (debian/control's Build-Depends are build's set).
 # test: cmocka (unit and e2e tests), mandoc (make check-man), clang and its runtime
 #   (make fuzz), iproute2 (ip(8): test_http_access adds loopback addresses), procps,
-#   prometheus (promtool lints /debug/varz and /metrics), pebble (the ACME test CA),
-#   chromium (the WebSocket e2e test runs a page in it, headless), lintian (make check-deb
-#   lints the package it builds).
+#   prometheus (promtool lints /debug/varz and /metrics and tests monitoring/'s alert rules),
+#   jq and curl (make check-monitoring: the dashboard's JSON, a live scrape), pebble (the ACME
+#   test CA), chromium (the WebSocket e2e test runs a page in it, headless), lintian (make
+#   check-deb lints the package it builds).
 set -eu
 BUILD_PKGS="build-essential pkg-config libsodium-dev libwolfssl-dev libjansson-dev \
 libmicrohttpd-dev libcurl4-gnutls-dev dpkg-dev autoconf automake libtool"
 DEB_PKGS="debhelper"
-TEST_PKGS="lintian libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps prometheus pebble \
-chromium"
+TEST_PKGS="lintian libcmocka-dev mandoc clang libclang-rt-14-dev iproute2 procps prometheus jq \
+curl pebble chromium"
 mode=${1:-test}
 case "$mode" in
 build) PKGS=$BUILD_PKGS ;;

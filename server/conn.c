@@ -132,8 +132,9 @@ void conn_queue_local(struct conn *c, const uint8_t *bytes, uint32_t len)
 	c->llen += len;
 }
 
-/* derp_tcp_rtt bucket for the kernel's smoothed RTT of fd, or -1 if unreadable. */
-static int rtt_sample(int fd)
+/* derp_tcp_rtt bucket for the kernel's smoothed RTT of fd, or -1 if unreadable; the RTT
+ * itself in *us (for derpd_tcp_rtt_seconds). */
+static int rtt_sample(int fd, uint32_t *us)
 {
 	static const uint32_t bound_us[] = { 10000, 20000, 50000, 100000, 150000, 250000, 500000 };
 	struct tcp_info ti;
@@ -141,6 +142,7 @@ static int rtt_sample(int fd)
 
 	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
 		return -1;
+	*us = ti.tcpi_rtt;
 	for (int i = 0; i < (int)(sizeof bound_us / sizeof *bound_us); i++)
 		if (ti.tcpi_rtt <= bound_us[i])
 			return RTT_10MS + i;
@@ -203,9 +205,12 @@ void conn_on_timer(struct conn *c, int64_t now)
 		return;
 	}
 	if (c->rtt_ms && now >= c->rtt_ms) {
-		int b = rtt_sample(c->fd);
-		if (b >= 0)
+		uint32_t us;
+		int b = rtt_sample(c->fd, &us);
+		if (b >= 0) {
 			STAT_ADD(&c->w->stats, tcp_rtt[b], 1);
+			STAT_OBSERVE(&c->w->stats, rtt, stats_rtt_le_us, STATS_RTT_BUCKETS, us);
+		}
 		c->rtt_ms = now + RTT_INTERVAL_MS;
 	}
 	if (c->state == CS_RUNNING && !c->outbound && now >= c->keepalive_ms) {
@@ -231,10 +236,15 @@ void conn_start_running(struct conn *c)
 	if (c->ws) {
 		STAT_ADD(&c->w->stats, tcp_rtt[RTT_NON_TCP], 1); /* as upstream for WebSocket */
 	} else if (relay.rtt_stats) {
-		if (rtt_sample(c->fd) < 0)
+		uint32_t us;
+		if (rtt_sample(c->fd, &us) < 0) {
 			STAT_ADD(&c->w->stats, tcp_rtt[RTT_ERROR], 1);
-		else
+		} else {
+			/* upstream only checks this one; derpd's histogram keeps it (an RTT at
+			 * login, so a short-lived client is seen too) */
+			STAT_OBSERVE(&c->w->stats, rtt, stats_rtt_le_us, STATS_RTT_BUCKETS, us);
 			c->rtt_ms = now + RTT_INTERVAL_MS;
+		}
 	}
 	conn_rearm(c);
 }

@@ -76,6 +76,15 @@ const int stats_mesh_batch_le[STATS_MESH_BATCH_BUCKETS] = {
 	0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000,
 };
 const int stats_mesh_loop_le[STATS_MESH_LOOP_BUCKETS] = { 0, 1, 2, 5, 10, 20, 50, 100 };
+/* Queue stamps have millisecond resolution: the first bound takes "no wait at all". */
+const int64_t stats_queue_delay_le_us[STATS_QUEUE_DELAY_BUCKETS] = {
+	1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+};
+/* derper's RTT bounds (10 ms ... 500 ms) plus finer ones for nearby clients and coarser ones. */
+const int64_t stats_rtt_le_us[STATS_RTT_BUCKETS] = {
+	500, 1000, 2500, 5000, 10000, 20000, 50000, 100000, 150000, 250000, 500000, 1000000,
+	2500000, 5000000,
+};
 
 static struct outbatch *build_batch(struct conn *c, int *mesh_batches)
 {
@@ -174,6 +183,8 @@ static void write_failed(struct conn *c, int err)
 {
 	struct outbatch *b = c->out;
 
+	if (c->outbound)
+		mesh_out_note_drops(c, b->npkt);
 	for (int i = 0; i < b->npkt; i++) {
 		sendq_count_drop(&c->w->stats, DROP_WRITE_ERROR, &b->pkt[i]);
 		chunk_put(b->pkt[i].c);

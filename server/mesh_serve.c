@@ -32,6 +32,7 @@ struct mesh_out {
 	char name[128];
 	void (*on_closed)(void *arg);
 	void *arg;
+	uint64_t *fwd_drops;    /* the peer's drop counter (mesh/), may be NULL */
 	struct sentto *learned; /* keys this peer announced (ids unused) */
 };
 
@@ -393,8 +394,11 @@ static void push_forward(void *f, void *arg)
 	 * turn and, seeing the flag, wakes us (worker_link_taken). */
 	for (int attempt = 0;; attempt++) {
 		a->turn = __atomic_load_n(&lw->link_turns, __ATOMIC_SEQ_CST);
-		if ((n = sendq_try_push(&link->q, a->fp, a->disco, st)) >= 0)
+		if ((n = sendq_try_push(&link->q, a->fp, a->disco, st)) >= 0) {
+			if (n == 0) /* dropped: the link is going */
+				mesh_out_note_drops(link, 1);
 			break;
+		}
 		if (lw == current_worker || attempt == 1) {
 			a->held = 1; /* (our own link: only this thread takes its queue) */
 			break;
@@ -458,13 +462,14 @@ enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const st
 /* ---- outbound mesh connections ---- */
 
 int server_mesh_adopt(int fd, const uint8_t *buf, size_t len, const char *name,
-		      void (*on_closed)(void *arg), void *arg)
+		      void (*on_closed)(void *arg), void *arg, uint64_t *fwd_drops)
 {
-	return server_mesh_adopt_tls(fd, NULL, buf, len, name, on_closed, arg);
+	return server_mesh_adopt_tls(fd, NULL, buf, len, name, on_closed, arg, fwd_drops);
 }
 
 int server_mesh_adopt_tls(int fd, struct WOLFSSL *ssl, const uint8_t *buf, size_t len,
-			  const char *name, void (*on_closed)(void *arg), void *arg)
+			  const char *name, void (*on_closed)(void *arg), void *arg,
+			  uint64_t *fwd_drops)
 {
 	struct mesh_out *mo = calloc(1, sizeof *mo);
 
@@ -483,6 +488,7 @@ int server_mesh_adopt_tls(int fd, struct WOLFSSL *ssl, const uint8_t *buf, size_
 	snprintf(mo->name, sizeof mo->name, "%s", name ? name : "?");
 	mo->on_closed = on_closed;
 	mo->arg = arg;
+	mo->fwd_drops = fwd_drops;
 	struct worker *w = &relay.workers[__atomic_fetch_add(&mesh.next_worker, 1, __ATOMIC_RELAXED) %
 					  relay.nworkers];
 	pthread_mutex_lock(&w->ready_mu);
@@ -572,6 +578,12 @@ static void unlearn(void *arg, const uint8_t key[32], uint64_t id)
 		region_gone(key);
 }
 
+void mesh_out_note_drops(struct conn *c, int n)
+{
+	if (n > 0 && c->mesh && c->mesh->fwd_drops)
+		__atomic_fetch_add(c->mesh->fwd_drops, (uint64_t)n, __ATOMIC_RELAXED);
+}
+
 void mesh_out_closed(struct conn *c, const char *why)
 {
 	struct mesh_out *mo = c->mesh;
@@ -579,6 +591,9 @@ void mesh_out_closed(struct conn *c, const char *why)
 	/* As upstream on a broken watch connection: everything learned here is gone. */
 	sentto_foreach(mo->learned, unlearn, c);
 	sentto_free(mo->learned);
+	/* No sender reaches the link any more (unlearned above, under the forwarder locks):
+	 * what it still holds is dropped by conn_close once mo is gone, so count it now. */
+	mesh_out_note_drops(c, sendq_pending(&c->q) + (c->out ? c->out->npkt : 0));
 	log_info(LS_MESH, "peer \"%s\": connection closed: %s", mo->name, why);
 	/* Senders held for room in this link try again: their packets now go to another
 	 * link that reaches the destination, or are dropped as unknown_dest. */

@@ -51,6 +51,8 @@ void sendq_init(struct sendq *q);
  * packet's chunk reference either way. */
 /* Returns the number of packets now in p's queue. */
 int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
+/* Packets queued (both rings). */
+int sendq_pending(struct sendq *q);
 /* The same, but a full queue keeps p (returns -1; the caller still owns it) instead of
  * dropping the oldest: for senders that wait for room (mesh forwarding). */
 int sendq_try_push(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st);
@@ -385,6 +387,8 @@ enum mesh_fwd mesh_forward_out(struct conn *src, const uint8_t dst[32], const st
 /* Frames read on an outbound mesh connection; its end. */
 void mesh_out_frame(struct conn *c, uint8_t type, const uint8_t *payload, uint32_t len);
 void mesh_out_closed(struct conn *c, const char *why);
+/* n packets bound for outbound link c were dropped: its peer's derpd_mesh_forward_drops. */
+void mesh_out_note_drops(struct conn *c, int n);
 /* Worker: take on the outbound connections queued by server_mesh_adopt(). */
 void mesh_out_adopt_pending(struct worker *w);
 

@@ -34,6 +34,8 @@ static void note_queue_time(struct derp_stats *st, const struct pkt *p)
 		waited = 0;
 	STAT_ADD(st, queue_ns_sum, (uint64_t)waited * 1000000u);
 	STAT_ADD(st, queue_count, 1);
+	STAT_OBSERVE(st, queue_delay, stats_queue_delay_le_us, STATS_QUEUE_DELAY_BUCKETS,
+		     (int64_t)waited * 1000);
 }
 
 int sendq_push_pkt(struct sendq *q, const struct pkt *p, int disco, struct derp_stats *st)
@@ -101,6 +103,14 @@ int sendq_try_push(struct sendq *q, const struct pkt *p, int disco, struct derp_
 		chunk_put(p->c);
 		return 0;
 	}
+	return n;
+}
+
+int sendq_pending(struct sendq *q)
+{
+	pthread_mutex_lock(&q->mu);
+	int n = q->n[Q_REGULAR] + q->n[Q_DISCO];
+	pthread_mutex_unlock(&q->mu);
 	return n;
 }
 

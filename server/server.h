@@ -83,15 +83,18 @@ int server_have_mesh_key(void);
  * keys connected there are forwarded over this connection as ForwardPacket frames.
  * buf/len: bytes already read past ServerInfo (copied). name: for logs.
  * on_closed(arg) runs once, on a worker thread, after the connection has ended and every
- * key learned through it has been unregistered; it must not block. Returns 0, or -1 with
- * fd closed and on_closed not called. */
+ * key learned through it has been unregistered; it must not block. fwd_drops (may be
+ * NULL) counts, with relaxed atomic adds, the packets bound for this peer that were
+ * dropped (derpd_mesh_forward_drops_total); it must outlive the connection. Returns 0, or
+ * -1 with fd closed and on_closed not called. */
 int server_mesh_adopt(int fd, const uint8_t *buf, size_t len, const char *name,
-		      void (*on_closed)(void *arg), void *arg);
+		      void (*on_closed)(void *arg), void *arg, uint64_t *fwd_drops);
 /* The same for a connection dialled over TLS (https://host/derp): ssl is the established
  * wolfSSL client session on fd (it may hold decrypted bytes of its own); the worker reads
  * and writes through it and frees it. */
 struct WOLFSSL;
 int server_mesh_adopt_tls(int fd, struct WOLFSSL *ssl, const uint8_t *buf, size_t len,
-			  const char *name, void (*on_closed)(void *arg), void *arg);
+			  const char *name, void (*on_closed)(void *arg), void *arg,
+			  uint64_t *fwd_drops);
 
 #endif

@@ -31,6 +31,13 @@ extern const int stats_write_frames_le[STATS_WRITE_FRAMES_BUCKETS];
 extern const int stats_mesh_batch_le[STATS_MESH_BATCH_BUCKETS];
 extern const int stats_mesh_loop_le[STATS_MESH_LOOP_BUCKETS];
 
+/* derpd_queue_delay_seconds and derpd_tcp_rtt_seconds bucket bounds (le) in microseconds,
+ * then +Inf: real cumulative histograms beside derper's moving average and RTT labels. */
+#define STATS_QUEUE_DELAY_BUCKETS 12
+#define STATS_RTT_BUCKETS 14
+extern const int64_t stats_queue_delay_le_us[STATS_QUEUE_DELAY_BUCKETS];
+extern const int64_t stats_rtt_le_us[STATS_RTT_BUCKETS];
+
 /* derp_tcp_rtt labels, in order. */
 enum rtt_bucket { RTT_10MS, RTT_20MS, RTT_50MS, RTT_100MS, RTT_150MS, RTT_250MS, RTT_500MS,
 		  RTT_INF, RTT_NON_TCP, RTT_ERROR, RTT_N };
@@ -60,6 +67,9 @@ struct derp_stats {
 	uint64_t mesh_loop_bucket[STATS_MESH_LOOP_BUCKETS + 1], mesh_loop_sum, mesh_loop_count;
 	uint64_t tcp_rtt[RTT_N];
 	uint64_t queue_ns_sum, queue_count; /* for derp_average_queue_duration_ms */
+	/* derpd_queue_delay_seconds, derpd_tcp_rtt_seconds: non-cumulative, microseconds */
+	uint64_t queue_delay_bucket[STATS_QUEUE_DELAY_BUCKETS + 1], queue_delay_sum, queue_delay_count;
+	uint64_t rtt_bucket[STATS_RTT_BUCKETS + 1], rtt_sum, rtt_count;
 	uint64_t conn_moves;                /* derpd_conn_moves_total (move.c) */
 	/* gauges (deltas; the sum over workers is the value) */
 	int64_t current_connections;

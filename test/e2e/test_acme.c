@@ -382,6 +382,28 @@ static int wait_cert(struct cert_provider *p, const char *sni, struct cert_info 
 	return -1;
 }
 
+static int64_t now_ms_test(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* derpd_tls_certificate_expiry_timestamp_seconds{name} for name is not_after. */
+static void expect_expiry(const char *name, time_t not_after)
+{
+	struct cert_expiry e[8];
+	size_t n = cert_expiry_list(e, 8);
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(e[i].name, name) == 0) {
+			if (e[i].not_after != (int64_t)not_after)
+				fail_msg("expiry of %s: %lld, the certificate says %lld", name,
+					 (long long)e[i].not_after, (long long)not_after);
+			return;
+		}
+	fail_msg("no expiry listed for %s", name);
+}
+
 static void issue_with(int challenges, const char *host)
 {
 	struct config c;
@@ -400,6 +422,10 @@ static void issue_with(int challenges, const char *host)
 	assert_int_equal(wait_cert(p, host, &ci), 0);
 	assert_int_equal(cert_provider_state(p), CERT_SERVING);
 	assert_true(ci.not_after > time(NULL) + 86400);
+	uint64_t orders0, failures0, orders, failures;
+	cert_acme_counters(&orders0, &failures0);
+	assert_true(orders0 >= 1); /* derpd_acme_orders_total */
+	expect_expiry(host, ci.not_after);
 	/* derper's (autocert's) cache layout, private files 0600 */
 	snprintf(path, sizeof path, "%s/%s", certdir, host);
 	assert_int_equal(stat(path, &st), 0);
@@ -426,6 +452,9 @@ static void issue_with(int challenges, const char *host)
 			 memcmp(ci2.serial, ci.serial, ci.serial_len) == 0;
 	}
 	assert_int_equal(served, 0); /* a new certificate serves, without a restart */
+	expect_expiry(host, ci2.not_after);
+	cert_acme_counters(&orders, &failures);
+	assert_true(orders > orders0);
 	serving = NULL;
 	cert_provider_stop(p);
 
@@ -441,6 +470,32 @@ static void issue_with(int challenges, const char *host)
 		assert_int_equal(cert_info_parse(leaf, n, &ci), 0);
 		assert_memory_equal(ci.serial, ci2.serial, ci.serial_len);
 	}
+	expect_expiry(host, ci.not_after); /* the cached certificate is listed too */
+	cert_provider_stop(p);
+
+	/* no cache and the CA unreachable: the order fails and is counted */
+	snprintf(certdir, sizeof certdir, "%s/%s-unreachable", dir, host);
+	cfg_init(&c, host, certdir);
+	c.acme_directory = "https://127.0.0.1:1/dir";
+	cert_acme_counters(&orders0, &failures0);
+	p = cert_provider_start_ex(&c, server_pub, challenges, err, sizeof err);
+	assert_non_null(p);
+	{
+		uint8_t leaf[4096];
+		size_t n = sizeof leaf;
+		handshake(p, host, leaf, &n); /* asks for the certificate, if start did not */
+	}
+	int64_t until = now_ms_test() + 20000;
+	do {
+		cert_acme_counters(&orders, &failures);
+		if (failures > failures0)
+			break;
+		poll(NULL, 0, 50);
+	} while (now_ms_test() < until);
+	assert_true(failures > failures0); /* derpd_acme_order_failures_total */
+	assert_true(orders > orders0);
+	struct cert_expiry e[8];
+	assert_int_equal(cert_expiry_list(e, 8), 0); /* nothing served yet */
 	cert_provider_stop(p);
 }
 

@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* our own outbound connection to a mesh peer, the peer being the fuzzer */
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) != 0)
 			abort();
-		if (server_mesh_adopt(sv[0], NULL, 0, "fuzz", mesh_closed, NULL) != 0) {
+		if (server_mesh_adopt(sv[0], NULL, 0, "fuzz", mesh_closed, NULL, NULL) != 0) {
 			close(sv[1]);
 			free(out);
 			return 0;

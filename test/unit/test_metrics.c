@@ -314,6 +314,74 @@ static void test_prom_conventions(void **state)
 	mbuf_free(&b);
 }
 
+/* derpd's SLO families: labels, cumulative histogram buckets in seconds, +Inf == count,
+ * escaped label values, one sample per served certificate and per mesh peer. */
+static void test_prom_slo(void **state)
+{
+	(void)state;
+	struct metrics_snapshot s;
+	memset(&s, 0, sizeof s);
+	s.version = "1.2";
+	s.revision = "v1-3-gabc";
+	s.tls_library = "wolfSSL 5.5.4";
+	s.aesni = 1;
+	s.derp.sum.queue_delay_bucket[0] = 4;  /* <= 1 ms */
+	s.derp.sum.queue_delay_bucket[2] = 1;  /* <= 5 ms */
+	s.derp.sum.queue_delay_bucket[STATS_QUEUE_DELAY_BUCKETS] = 2; /* > 5 s */
+	s.derp.sum.queue_delay_count = 7;
+	s.derp.sum.queue_delay_sum = 12003000; /* us */
+	s.derp.sum.rtt_bucket[1] = 3;
+	s.derp.sum.rtt_count = 2; /* lags its buckets (a racing scrape): +Inf takes the buckets */
+	s.derp.sum.rtt_sum = 2500;
+	struct cert_expiry certs[2] = { { "derp.example.com", 1767225600 }, { "a\"b", 5 } };
+	s.certs = certs;
+	s.ncerts = 2;
+	s.acme_orders = 3;
+	s.acme_failures = 1;
+	struct mesh_peer_status mesh[2] = { { "derp2.example.com:443", 1, 0 },
+					    { "[::1]:8443", 0, 9 } };
+	s.mesh = mesh;
+	s.nmesh = 2;
+	struct mbuf b = { 0 };
+	prom_write(&b, &s);
+	assert_false(b.oom);
+	static const char *const lines[] = {
+		"\nderpd_build_info{version=\"1.2\",revision=\"v1-3-gabc\","
+		"tls_library=\"wolfSSL 5.5.4\",aesni=\"true\"} 1\n",
+		"# TYPE derpd_queue_delay_seconds histogram\n"
+		"derpd_queue_delay_seconds_bucket{le=\"0.001\"} 4\n"
+		"derpd_queue_delay_seconds_bucket{le=\"0.0025\"} 4\n"
+		"derpd_queue_delay_seconds_bucket{le=\"0.005\"} 5\n",
+		"derpd_queue_delay_seconds_bucket{le=\"5\"} 5\n"
+		"derpd_queue_delay_seconds_bucket{le=\"+Inf\"} 7\n"
+		"derpd_queue_delay_seconds_sum 12.003\n"
+		"derpd_queue_delay_seconds_count 7\n",
+		"derpd_tcp_rtt_seconds_bucket{le=\"0.0005\"} 0\n"
+		"derpd_tcp_rtt_seconds_bucket{le=\"0.001\"} 3\n",
+		"derpd_tcp_rtt_seconds_bucket{le=\"+Inf\"} 3\n"
+		"derpd_tcp_rtt_seconds_sum 0.0025\n"
+		"derpd_tcp_rtt_seconds_count 3\n",
+		"# TYPE derpd_tls_certificate_expiry_timestamp_seconds gauge\n"
+		"derpd_tls_certificate_expiry_timestamp_seconds{name=\"derp.example.com\"} 1767225600\n"
+		"derpd_tls_certificate_expiry_timestamp_seconds{name=\"a\\\"b\"} 5\n",
+		"\nderpd_acme_orders_total 3\n",
+		"\nderpd_acme_order_failures_total 1\n",
+		"\nderpd_mesh_peer_up{peer=\"derp2.example.com:443\"} 1\n"
+		"derpd_mesh_peer_up{peer=\"[::1]:8443\"} 0\n",
+		"\nderpd_mesh_forward_drops_total{peer=\"derp2.example.com:443\"} 0\n"
+		"derpd_mesh_forward_drops_total{peer=\"[::1]:8443\"} 9\n",
+	};
+	for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+		if (strstr(b.p, lines[i]) == NULL)
+			fail_msg("missing:\n%s\n--- in ---\n%s", lines[i], b.p);
+	mbuf_free(&b);
+
+	/* /debug/varz carries the same build info line (derper's native-registry part) */
+	varz_write(&b, &s);
+	assert_non_null(strstr(b.p, "derpd_build_info{version=\"1.2\",revision=\"v1-3-gabc\""));
+	mbuf_free(&b);
+}
+
 static void test_ss_parse(void **state)
 {
 	(void)state;
@@ -499,6 +567,7 @@ int main(void)
 		cmocka_unit_test(test_debug_access_env),
 		cmocka_unit_test(test_varz_order_and_shapes),
 		cmocka_unit_test(test_prom_conventions),
+		cmocka_unit_test(test_prom_slo),
 		cmocka_unit_test(test_ss_parse),
 		cmocka_unit_test(test_add_before_start_closes),
 		cmocka_unit_test_setup_teardown(test_handoff_tcp, setup_httpd, teardown_httpd),
