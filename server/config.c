@@ -1,5 +1,5 @@
 /* Command line: derper's flags with Go `flag` package syntax (spec SERVER.md §2),
- * plus derpd's own. One table drives parsing, --help and the "not supported yet" rule. */
+ * plus derpd's own. One table drives parsing and --help. */
 #include "server/config.h"
 
 #include "server/log.h"
@@ -32,113 +32,112 @@ struct flag_def {
 	enum flag_type type;
 	size_t off;              /* field in struct config (unused for FT_VERSION) */
 	unsigned extension : 1;  /* derpd's own, not derper's */
-	unsigned supported : 1;  /* 0: setting it to a non-default value exits 2 */
 	const char *help;        /* one or more lines, '\n' separated */
 };
 
-#define FLAG(n, t, field, ext, sup, h) { n, t, offsetof(struct config, field), ext, sup, h }
+#define FLAG(n, t, field, ext, h) { n, t, offsetof(struct config, field), ext, h }
 
 static const struct flag_def flags[] = {
-	FLAG("dev", FT_BOOL, dev, 0, 1,
+	FLAG("dev", FT_BOOL, dev, 0,
 	     "localhost development mode: listen on :3340 (overrides -a), use a fresh\n"
 	     "random key instead of the key file"),
-	{ "version", FT_VERSION, 0, 0, 1, "print the version and exit" },
-	FLAG("a", FT_STRING, addr, 0, 1,
+	{ "version", FT_VERSION, 0, 0, "print the version and exit" },
+	FLAG("a", FT_STRING, addr, 0,
 	     "listen address for HTTP/HTTPS: \":port\", \"ip:port\" or \"[ipv6]:port\"; no IP\n"
 	     "means all interfaces. HTTPS if the port is 443 or https, or -certmode is manual"),
-	FLAG("http-port", FT_INT, http_port, 0, 1,
+	FLAG("http-port", FT_INT, http_port, 0,
 	     "plain-HTTP port served beside HTTPS (ACME, /generate_204), bound to the IP of -a;\n"
 	     "-1 disables"),
-	FLAG("stun-port", FT_INT, stun_port, 0, 1,
+	FLAG("stun-port", FT_INT, stun_port, 0,
 	     "UDP port of the STUN server, bound to the IP of -a"),
-	FLAG("c", FT_STRING, config_path, 0, 1,
+	FLAG("c", FT_STRING, config_path, 0,
 	     "key file path (JSON {\"PrivateKey\": \"privkey:<hex>\"}, created if missing);\n"
 	     "empty: " DEFAULT_KEY_PATH " when run as root, else an error"),
-	FLAG("certmode", FT_STRING, certmode, 0, 1,
+	FLAG("certmode", FT_STRING, certmode, 0,
 	     "how to get the TLS certificate: manual, letsencrypt or gcp"),
-	FLAG("certdir", FT_STRING, certdir, 0, 1,
+	FLAG("certdir", FT_STRING, certdir, 0,
 	     "directory for ACME certificates or, with -certmode manual, the certificate files"),
-	FLAG("hostname", FT_STRING, hostname, 0, 1,
+	FLAG("hostname", FT_STRING, hostname, 0,
 	     "TLS host name for the certificate; may be an IP address with -certmode manual\n"
 	     "or -acme-ip-certs"),
-	FLAG("acme-eab-kid", FT_STRING, acme_eab_kid, 0, 1,
+	FLAG("acme-eab-kid", FT_STRING, acme_eab_kid, 0,
 	     "ACME External Account Binding key ID (required for -certmode gcp)"),
-	FLAG("acme-eab-key", FT_STRING, acme_eab_key, 0, 1,
+	FLAG("acme-eab-key", FT_STRING, acme_eab_key, 0,
 	     "ACME External Account Binding HMAC key, base64 (required for -certmode gcp)"),
-	FLAG("acme-email", FT_STRING, acme_email, 0, 1,
+	FLAG("acme-email", FT_STRING, acme_email, 0,
 	     "ACME account contact e-mail (required for gcp, optional for letsencrypt)"),
-	FLAG("acme-ip-certs", FT_BOOL, acme_ip_certs, 0, 1,
+	FLAG("acme-ip-certs", FT_BOOL, acme_ip_certs, 0,
 	     "get short-lived Let's Encrypt certificates for the server's own IP addresses\n"
 	     "on demand (needs -certmode letsencrypt and port 80 reachable)"),
-	FLAG("stun", FT_BOOL, run_stun, 0, 1,
+	FLAG("stun", FT_BOOL, run_stun, 0,
 	     "run the STUN server, bound to the IP of -a"),
-	FLAG("derp", FT_BOOL, run_derp, 0, 1,
+	FLAG("derp", FT_BOOL, run_derp, 0,
 	     "serve DERP at /derp; false answers 404 there but keeps STUN and the other\n"
 	     "endpoints (for decommissioning a node)"),
-	FLAG("home", FT_STRING, home,  0, 1,
+	FLAG("home", FT_STRING, home, 0,
 	     "root page: empty for the built-in page, \"blank\" for an empty page, or an\n"
 	     "http:// or https:// URL to redirect to"),
-	FLAG("mesh-psk-file", FT_STRING, mesh_psk_file, 0, 1,
+	FLAG("mesh-psk-file", FT_STRING, mesh_psk_file, 0,
 	     "file holding the mesh pre-shared key (64 hex digits; whitespace trimmed);\n"
 	     "default: /home/derp/keys/derp-mesh.key or $HOME/keys/derp-mesh.key if present"),
-	FLAG("mesh-with", FT_STRING, mesh_with, 0, 1,
+	FLAG("mesh-with", FT_STRING, mesh_with, 0,
 	     "comma-separated region peers to mesh with (may include this server);\n"
 	     "an entry host/dialhost dials dialhost but uses host as the name"),
-	FLAG("secrets-url", FT_STRING, secrets_url, 0, 1,
+	FLAG("secrets-url", FT_STRING, secrets_url, 0,
 	     "setec server URL to fetch the mesh key from (before -mesh-psk-file)"),
-	FLAG("secrets-path-prefix", FT_STRING, secrets_path_prefix, 0, 1,
+	FLAG("secrets-path-prefix", FT_STRING, secrets_path_prefix, 0,
 	     "setec path prefix; the secret read is <prefix>/meshkey"),
-	FLAG("secrets-cache-dir", FT_STRING, secrets_cache_dir, 0, 1,
+	FLAG("secrets-cache-dir", FT_STRING, secrets_cache_dir, 0,
 	     "setec's cache file (a directory: its derper-secrets file), so a restart\n"
 	     "while setec is down still has the mesh key"),
-	FLAG("bootstrap-dns-names", FT_STRING, bootstrap_dns_names,  0, 1,
+	FLAG("bootstrap-dns-names", FT_STRING, bootstrap_dns_names, 0,
 	     "comma-separated host names to resolve and publish at /bootstrap-dns"),
-	FLAG("unpublished-bootstrap-dns-names", FT_STRING, unpublished_bootstrap_dns_names,  0, 1,
+	FLAG("unpublished-bootstrap-dns-names", FT_STRING, unpublished_bootstrap_dns_names, 0,
 	     "comma-separated host names answered at /bootstrap-dns?q= but not listed;\n"
 	     "name/txtname rolls out by the percentage in txtname's TXT record"),
-	FLAG("verify-clients", FT_BOOL, verify_clients, 0, 1,
+	FLAG("verify-clients", FT_BOOL, verify_clients, 0,
 	     "admit only clients known to the local tailscaled"),
-	FLAG("verify-client-url", FT_STRING, verify_client_url, 0, 1,
+	FLAG("verify-client-url", FT_STRING, verify_client_url, 0,
 	     "admission controller URL asked before admitting each client"),
-	FLAG("verify-client-url-fail-open", FT_BOOL, verify_client_url_fail_open, 0, 1,
+	FLAG("verify-client-url-fail-open", FT_BOOL, verify_client_url_fail_open, 0,
 	     "admit clients when -verify-client-url cannot be reached"),
-	FLAG("socket", FT_STRING, socket_path, 0, 1,
+	FLAG("socket", FT_STRING, socket_path, 0,
 	     "tailscaled socket path for -verify-clients (empty: the OS default)"),
-	FLAG("accept-connection-limit", FT_FLOAT, accept_connection_limit, 0, 1,
+	FLAG("accept-connection-limit", FT_FLOAT, accept_connection_limit, 0,
 	     "rate limit for accepting TCP connections on the TLS listener, per second"),
-	FLAG("accept-connection-burst", FT_INT64, accept_connection_burst, 0, 1,
+	FLAG("accept-connection-burst", FT_INT64, accept_connection_burst, 0,
 	     "burst for -accept-connection-limit"),
-	FLAG("rate-config", FT_STRING, rate_config, 0, 1,
+	FLAG("rate-config", FT_STRING, rate_config, 0,
 	     "JSON file of per-client receive rate limits (experimental), reloaded on SIGHUP"),
-	FLAG("tcp-keepalive-time", FT_DURATION, tcp_keepalive_ms, 0, 1,
+	FLAG("tcp-keepalive-time", FT_DURATION, tcp_keepalive_ms, 0,
 	     "TCP keepalive idle time and interval on accepted connections"),
-	FLAG("tcp-user-timeout", FT_DURATION, tcp_user_timeout_ms, 0, 1,
+	FLAG("tcp-user-timeout", FT_DURATION, tcp_user_timeout_ms, 0,
 	     "TCP_USER_TIMEOUT on listening and accepted sockets"),
-	FLAG("tcp-write-timeout", FT_DURATION, tcp_write_timeout_ms, 0, 1,
+	FLAG("tcp-write-timeout", FT_DURATION, tcp_write_timeout_ms, 0,
 	     "write timeout to DERP clients (not mesh peers); 0 means none"),
-	FLAG("ace", FT_BOOL, ace, 0, 0,
+	FLAG("ace", FT_BOOL, ace, 0,
 	     "enable the experimental ACE CONNECT proxy on the TLS listener"),
-	FLAG("workers", FT_INT, workers, 1, 1,
+	FLAG("workers", FT_INT, workers, 1,
 	     "worker threads, one epoll loop each (1.." "1024" ")"),
-	FLAG("verbose", FT_BOOL, verbose, 1, 1,
+	FLAG("verbose", FT_BOOL, verbose, 1,
 	     "log per-connection detail (the debug level of every subsystem)"),
-	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1, 1,
+	FLAG("keepalive-interval", FT_DURATION, keepalive_ms, 1,
 	     "DERP keepalive frame period before a per-connection jitter (up to 5 s, at most\n"
 	     "a twelfth of it); must be > 0"),
-	FLAG("http-read-timeout", FT_DURATION, http_read_timeout_ms, 1, 1,
+	FLAG("http-read-timeout", FT_DURATION, http_read_timeout_ms, 1,
 	     "time limit for reading one HTTP request, head and body, on the non-DERP\n"
 	     "endpoints (derper's ReadTimeout); also the keep-alive idle timeout; > 0"),
-	FLAG("secrets-poll-interval", FT_DURATION, secrets_poll_ms, 1, 1,
+	FLAG("secrets-poll-interval", FT_DURATION, secrets_poll_ms, 1,
 	     "how often to ask setec for a new mesh key version (-secrets-url); 0: never"),
-	FLAG("acme-directory", FT_STRING, acme_directory, 1, 1,
+	FLAG("acme-directory", FT_STRING, acme_directory, 1,
 	     "ACME directory URL; empty: Let's Encrypt production (-certmode gcp: Google's)"),
-	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1, 1,
+	FLAG("acme-ca-file", FT_STRING, acme_ca_file, 1,
 	     "PEM file of CA certificates trusted for the ACME server's HTTPS; empty: the\n"
 	     "system's"),
-	FLAG("mesh-ca-file", FT_STRING, mesh_ca_file, 1, 1,
+	FLAG("mesh-ca-file", FT_STRING, mesh_ca_file, 1,
 	     "PEM file of CA certificates trusted for the HTTPS of -mesh-with peers; empty:\n"
 	     "the system's"),
-	FLAG("metrics-addr", FT_STRING, metrics_addr, 1, 1,
+	FLAG("metrics-addr", FT_STRING, metrics_addr, 1,
 	     "host:port of a listener serving only /metrics and /debug/varz, with no\n"
 	     "debug access check (the bind address is the access control); empty: none"),
 };
@@ -510,8 +509,6 @@ static void print_usage(FILE *out)
 			fprintf(out, "    \t(default %s)", val);
 		if (f->extension)
 			fprintf(out, " (derpd extension)");
-		if (!f->supported)
-			fprintf(out, " (not supported yet: derpd exits with status 2 if set)");
 		fputc('\n', out);
 	}
 }
@@ -557,19 +554,6 @@ static int flag_set(const struct flag_def *f, struct config *cfg, int *version, 
 	return -1;
 }
 
-static int flag_is_default(const struct flag_def *f, const struct config *a, const struct config *b)
-{
-	const char *pa = (const char *)a + f->off, *pb = (const char *)b + f->off;
-
-	switch (f->type) {
-	case FT_VERSION: return 1;
-	case FT_BOOL: case FT_INT: return *(const int *)pa == *(const int *)pb;
-	case FT_INT64: case FT_DURATION: return *(const int64_t *)pa == *(const int64_t *)pb;
-	case FT_FLOAT: return *(const double *)pa == *(const double *)pb;
-	case FT_STRING: return strcmp(*(const char *const *)pa, *(const char *const *)pb) == 0;
-	}
-	return 0;
-}
 
 /* A command-line syntax error: the message, then the usage, on stderr (as Go's flag). */
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -702,13 +686,10 @@ static int config_check(const struct config *cfg)
 
 int config_parse(struct config *cfg, int argc, char **argv)
 {
-	unsigned char set[NFLAGS] = { 0 };
-	struct config def;
 	const char *why = NULL;
 	int version = 0, i, rc;
 
 	config_defaults(cfg);
-	def = *cfg;
 	for (i = 1; i < argc; i++) {
 		const char *s = argv[i], *name, *eq, *val;
 		const struct flag_def *f;
@@ -746,7 +727,6 @@ int config_parse(struct config *cfg, int argc, char **argv)
 			return usage_error("invalid value \"%s\" for flag -%s: %s (%s)", val, f->name,
 					   rc == -2 ? "value out of range" : "parse error",
 					   type_name(f->type));
-		set[f - flags] = 1;
 	}
 	if (i < argc)
 		return usage_error("unexpected argument \"%s\"", argv[i]);
@@ -758,13 +738,6 @@ int config_parse(struct config *cfg, int argc, char **argv)
 
 	if ((rc = config_check(cfg)) != 0)
 		return rc;
-	for (size_t k = 0; k < NFLAGS; k++) {
-		if (!flags[k].supported && set[k] && !flag_is_default(&flags[k], cfg, &def)) {
-			fprintf(stderr, "derpd: -%s is not supported yet\n", flags[k].name);
-			return 2;
-		}
-	}
-
 	if (cfg->dev)
 		cfg->addr = ":3340";
 	if (addr_split(cfg, cfg->addr, &why) != 0) {

@@ -192,6 +192,10 @@ static int64_t keepalive_period(const struct conn *c)
 void conn_on_timer(struct conn *c, int64_t now)
 {
 	if (c->deadline_ms && now >= c->deadline_ms) {
+		if (c->state == CS_DIAL) {
+			connect_on_timer(c);
+			return;
+		}
 		if (c->ssl && !c->tls_done)
 			tls_handshake_failed(c, TLS_FAIL_TIMEOUT, "not done in time");
 		conn_close(c, c->ssl && !c->tls_done ? "timeout in the TLS handshake"
@@ -301,6 +305,8 @@ static void conn_teardown(struct conn *c, const char *why, int keep_fd)
 	ready_unlink(c);
 	worker_read_forget(c);
 	tls_conn_end(c);
+	bridge_end(c);
+	connect_forget(c);
 	if (keep_fd)
 		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	else

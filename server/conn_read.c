@@ -336,6 +336,8 @@ static void read_some(struct conn *c)
 		bridge_pump(c);
 		return;
 	}
+	if (c->state == CS_DIAL)
+		return; /* what the client sends waits until its CONNECT target answers */
 	if (c->state == CS_HTTP) {
 		if (conn_http(c) < 0 || c->state == CS_HTTP)
 			return;

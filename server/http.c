@@ -128,6 +128,10 @@ int conn_http(struct conn *c)
 		}
 		return 0; /* wait for the rest of the head */
 	}
+	/* Methods are case-sensitive (Go's too). */
+	if (hl > 0 && r.method.n == 7 && !memcmp(r.method.p, "CONNECT", 7) &&
+	    connect_start(c, &r, hl) != 0)
+		return -1;
 	if (hl <= 0 || (!is_derp_upgrade(&r) && !is_websocket_derp(&r))) {
 		if (c->ssl)
 			bridge_start(c);

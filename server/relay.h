@@ -71,7 +71,7 @@ void sendq_count_drop(struct derp_stats *st, enum drop_reason r, const struct pk
 
 /* ---- connections (conn.c, conn_read.c, conn_write.c) ---- */
 
-enum conn_state { CS_HTTP, CS_HANDSHAKE, CS_RUNNING, CS_BRIDGE, CS_CLOSED };
+enum conn_state { CS_HTTP, CS_HANDSHAKE, CS_RUNNING, CS_BRIDGE, CS_DIAL, CS_CLOSED };
 
 #define BATCH_PKTS 64
 #define BATCH_CTRL 4096
@@ -156,7 +156,8 @@ struct conn {
 	uint8_t tls_first, tls_first_seen; /* the client's first byte (0x16: a TLS handshake) */
 	uint8_t *tls_out;       /* TLS output the socket did not take yet (tls.c) */
 	uint32_t tls_olen;
-	struct bridge *bridge;  /* plain HTTP over TLS, carried to libmicrohttpd */
+	struct bridge *bridge;  /* plain bytes over TLS, carried to another socket (bridge.c) */
+	struct dial *dial;      /* CS_DIAL: the CONNECT target being dialled (connect.c) */
 	struct ws_conn *ws;     /* DERP over WebSocket (ws_conn.c) */
 
 	/* moving to another worker (move.c) */
@@ -209,7 +210,7 @@ void handshake_admitted(struct worker *w);
 /* Handle the ClientInfo frame (handshake.c). Returns -1 on failure (caller closes). */
 int conn_client_info(struct conn *c, const uint8_t *payload, uint32_t len);
 
-/* ---- TLS and the HTTP bridge (tls.c) ---- */
+/* ---- TLS (tls.c) ---- */
 
 int tls_conn_start(struct conn *c);       /* a new connection on a TLS listener */
 void tls_conn_attach(struct conn *c);     /* c->ssl writes through c (an adopted one too) */
@@ -224,12 +225,39 @@ void tls_handshake_failed(struct conn *c, enum tls_fail reason, const char *deta
 ssize_t conn_recv(struct conn *c, void *buf, size_t len);            /* read(2) or TLS */
 ssize_t conn_writev(struct conn *c, const struct iovec *iov, int n); /* writev(2) or TLS */
 void tls_conn_end(struct conn *c);
+/* One TLS write of n bytes: all of them are taken (onto the socket or kept in tls_out),
+ * or the connection is broken. Returns n, or -1 with errno. */
+ssize_t tls_write(struct conn *c, const uint8_t *buf, uint32_t n);
+
+/* ---- the bridge: a TLS connection's plain bytes to another socket (bridge.c) ---- */
+
 int bridge_start(struct conn *c);         /* hand this TLS connection's HTTP over */
+/* Carry c's bytes to and from fd (owned from now on; closed with c), first (n bytes
+ * already read from the client) going first. -1 if c was closed. other names fd's side
+ * in close reasons ("... closed"). */
+int bridge_open(struct conn *c, int fd, const char *other, const uint8_t *first, uint32_t n);
 void bridge_pump(struct conn *c);
+void bridge_end(struct conn *c);          /* close the other end (conn teardown) */
+
+/* ---- the ACE CONNECT proxy (connect.c) ---- */
+
+struct dial;
+struct http_req;
+/* A CONNECT request head of hl bytes arrived (conn_http): answer it, or dial the target
+ * and bridge to it. 0 if conn_http should hand the request on instead (plain listener
+ * without -ace), else -1 (c is the proxy's now, or closed). */
+int connect_start(struct conn *c, const struct http_req *r, int hl);
+/* connectproxy's Check for ACE: host:port with port 443 or 80, host ending in
+ * ".tailscale.com" and not containing "derp". 1 with host and port split out, else 0. */
+int connect_target_allowed(const char *t, char *host, size_t hcap, char *port, size_t pcap);
+void connect_dialed(struct worker *w);    /* worker: act on finished dials */
+void connect_on_timer(struct conn *c);    /* the 15 s dial deadline passed */
+void connect_forget(struct conn *c);      /* c closes while its dial runs */
+void connect_worker_free(struct worker *w); /* worker exit: dials nobody took */
+void connect_stop(void);                  /* dials finishing after this go away */
 
 /* ---- WebSocket (ws_conn.c) ---- */
 
-struct http_req;
 int ws_upgrade(struct conn *c, const struct http_req *r); /* -1 if closed */
 uint32_t ws_data_end(const struct conn *c);  /* end of buffered bytes, raw ones included */
 void ws_shift(struct conn *c, uint32_t by);  /* the read chunk's bytes moved down by `by` */
@@ -275,6 +303,7 @@ struct worker {
 	uint8_t *scratch;         /* WORKER_SCRATCH bytes for peeking request heads */
 	struct mesh_out *adopt;   /* outbound mesh connections to take on (under ready_mu) */
 	struct admission_ask *admitted; /* admission answers to act on (under ready_mu) */
+	struct dial *dialed;            /* finished CONNECT dials to act on (under ready_mu) */
 	struct conn *rate_waiting;      /* waiting for rate tokens; resumed to the ms */
 	struct conn **wheel;      /* timer wheel slots */
 	int64_t wheel_ms;         /* time up to which the wheel has been processed */

@@ -433,8 +433,12 @@ void server_stop(void)
 	 * connections wakes the others (PeerGone) through theirs. */
 	for (int i = 0; i < relay.nworkers; i++)
 		pthread_join(relay.workers[i].thread, NULL);
+	/* CONNECT dials still running drop their sockets from now on; those that finished
+	 * after their worker's last turn are freed here (their connections are gone). */
+	connect_stop();
 	for (int i = 0; i < relay.nworkers; i++) {
 		struct worker *w = &relay.workers[i];
+		connect_worker_free(w);
 		close(w->lfd);
 		close(w->epfd);
 		close(w->evfd);

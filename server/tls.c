@@ -1,11 +1,9 @@
-/* TLS on a relay connection (wolfSSL, non-blocking, driven by the worker's epoll loop),
- * and the bridge that carries a TLS connection's plain HTTP to libmicrohttpd through a
- * socketpair. Which certificate is served, SNI, ALPN and the meta certificate are decided
+/* TLS on a relay connection (wolfSSL, non-blocking, driven by the worker's epoll loop).
+ * Which certificate is served, SNI, ALPN and the meta certificate are decided
  * by the certificate provider (acme/cert.h) inside the handshake. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,14 +18,6 @@
 /* TLS output kept for a peer that does not read: one record and what wolfSSL writes of
  * its own meanwhile (KeyUpdate answers); beyond that the peer is flooding us with them. */
 #define TLS_OUT_MAX (4 * TLS_RECORD)
-#define BRIDGE_BUF 16384
-
-struct bridge {
-	int fd;                 /* our end of the socketpair; the other is libmicrohttpd's */
-	uint32_t up_len, up_off;     /* client -> HTTP server */
-	uint32_t down_len;           /* HTTP server -> client (wolfSSL takes it whole) */
-	uint8_t up[BRIDGE_BUF], down[BRIDGE_BUF];
-};
 
 static struct cert_provider *provider;
 
@@ -266,9 +256,7 @@ int tls_flush(struct conn *c)
 	return 0;
 }
 
-/* One TLS write of n bytes: all of them are taken (tls_io_send), or the connection is
- * broken. Returns n, or -1 with errno. */
-static ssize_t tls_write(struct conn *c, const uint8_t *buf, uint32_t n)
+ssize_t tls_write(struct conn *c, const uint8_t *buf, uint32_t n)
 {
 	int r = wolfSSL_write(c->ssl, buf, (int)n);
 
@@ -332,115 +320,4 @@ void tls_conn_end(struct conn *c)
 	free(c->tls_out);
 	c->tls_out = NULL;
 	c->tls_olen = 0;
-	if (c->bridge) {
-		close(c->bridge->fd);
-		free(c->bridge);
-		c->bridge = NULL;
-	}
-}
-
-/* ---- the HTTP bridge ---- */
-
-int bridge_start(struct conn *c)
-{
-	struct bridge *b = calloc(1, sizeof *b);
-	int sp[2];
-	struct sockaddr_storage peer;
-	socklen_t plen;
-
-	if (!b || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) != 0) {
-		free(b);
-		conn_close(c, "bridge: out of resources");
-		return -1;
-	}
-	b->fd = sp[0];
-	c->bridge = b;
-	/* What the worker already read (the request head and anything after it) goes first. */
-	if (c->rchunk && c->rend > c->rstart) {
-		uint32_t k = c->rend - c->rstart;
-		if (k > BRIDGE_BUF)
-			k = BRIDGE_BUF; /* conn_http never reads more than one head's worth */
-		memcpy(b->up, c->rchunk->data + c->rstart, k);
-		b->up_len = k;
-	}
-	if (c->rchunk) {
-		chunk_put(c->rchunk);
-		c->rchunk = NULL;
-	}
-	c->state = CS_BRIDGE;
-	c->deadline_ms = 0; /* the HTTP server keeps its own idle timeout */
-	worker_timer_del(c);
-	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-				  .data.u64 = (uint64_t)(uintptr_t)c | 1 };
-	conn_peer(c, &peer, &plen);
-	if (epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, b->fd, &ev) != 0 ||
-	    httpd_add_connection(sp[1], (struct sockaddr *)&peer, plen) != 0) {
-		conn_close(c, "bridge: cannot reach the HTTP server");
-		return -1;
-	}
-	bridge_pump(c);
-	return 0;
-}
-
-/* Move bytes both ways until neither side can take or give more. */
-void bridge_pump(struct conn *c)
-{
-	struct bridge *b = c->bridge;
-	int progress = 1;
-
-	while (progress && c->state == CS_BRIDGE) {
-		progress = 0;
-		if (b->up_off < b->up_len) {
-			ssize_t r = write(b->fd, b->up + b->up_off, b->up_len - b->up_off);
-			if (r > 0) {
-				b->up_off += (uint32_t)r;
-				progress = 1;
-			} else if (r < 0 && errno != EAGAIN) {
-				/* The HTTP side stopped reading (it refused the connection, or
-				 * answered and closed): drop what the client sends, but still
-				 * deliver the answer; its EOF below ends the connection. */
-				b->up_off = b->up_len;
-				progress = 1;
-			}
-		}
-		if (b->up_off == b->up_len) {
-			b->up_off = b->up_len = 0;
-			ssize_t r = conn_recv(c, b->up, BRIDGE_BUF);
-			if (r > 0) {
-				b->up_len = (uint32_t)r;
-				progress = 1;
-			} else if (r == 0 || errno != EAGAIN) {
-				conn_close(c, "client closed");
-				return;
-			}
-		}
-		/* The answer goes out in order: kept TLS output first, then more of it. */
-		if (c->tls_olen) {
-			if (tls_flush(c) == 0) {
-				progress = 1;
-			} else if (errno != EAGAIN) {
-				conn_close(c, "write to client failed");
-				return;
-			}
-		}
-		if (b->down_len && !c->tls_olen) {
-			if (tls_write(c, b->down, b->down_len) < 0) {
-				conn_close(c, "write to client failed");
-				return;
-			}
-			b->down_len = 0;
-			progress = 1;
-		}
-		/* Only once all is on the socket: the HTTP server's EOF ends the connection. */
-		if (!b->down_len && !c->tls_olen) {
-			ssize_t r = read(b->fd, b->down, BRIDGE_BUF);
-			if (r > 0) {
-				b->down_len = (uint32_t)r;
-				progress = 1;
-			} else if (r == 0 || errno != EAGAIN) {
-				conn_close(c, "HTTP server closed");
-				return;
-			}
-		}
-	}
 }

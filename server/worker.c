@@ -558,6 +558,8 @@ static void *worker_main(void *arg)
 			worker_moves_in(w);
 		if (__atomic_load_n(&w->admitted, __ATOMIC_RELAXED))
 			handshake_admitted(w);
+		if (__atomic_load_n(&w->dialed, __ATOMIC_RELAXED))
+			connect_dialed(w);
 		if (w->rate_waiting)
 			rate_resume(w, now_ms());
 		ready_drain(w);

@@ -1,9 +1,11 @@
-/* libFuzzer: the request-head parser sees the first bytes of every connection. */
+/* libFuzzer: the request-head parser sees the first bytes of every connection; a CONNECT
+ * target goes on to the ACE target check. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "server/http_head.h"
+#include "server/relay.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -18,6 +20,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		http_has_token(r.connection, "upgrade");
 		http_str_ieq(r.upgrade, "derp");
+		char t[300], host[256], port[8];
+		if (r.target.n < sizeof t) {
+			memcpy(t, r.target.p, r.target.n);
+			t[r.target.n] = '\0';
+			if (connect_target_allowed(t, host, sizeof host, port, sizeof port) &&
+			    (!strstr(t, ".tailscale.com") || strstr(host, "derp") ||
+			     (strcmp(port, "443") && strcmp(port, "80"))))
+				abort(); /* allowed something the rule forbids */
+		}
 	}
 	free(buf);
 	return 0;
