@@ -297,60 +297,18 @@ static enum MHD_Result serve_scrape(struct MHD_Connection *c, int clean, int fla
 	return r;
 }
 
-static void uptime_string(char *out, size_t n)
-{
-	long long s = (long long)(time(NULL) - started);
-	if (s >= 3600)
-		snprintf(out, n, "%lldh%lldm%llds", s / 3600, s / 60 % 60, s % 60);
-	else if (s >= 60)
-		snprintf(out, n, "%lldm%llds", s / 60, s % 60);
-	else
-		snprintf(out, n, "%llds", s);
-}
-
-static void html_escaped(struct mbuf *b, const char *s)
-{
-	for (; *s; s++)
-		switch (*s) {
-		case '<': mbuf_puts(b, "&lt;"); break;
-		case '>': mbuf_puts(b, "&gt;"); break;
-		case '&': mbuf_puts(b, "&amp;"); break;
-		case '\'': mbuf_puts(b, "&#39;"); break;
-		case '"': mbuf_puts(b, "&#34;"); break;
-		default: mbuf_add(b, s, 1);
-		}
-}
-
 static enum MHD_Result serve_debug_index(struct MHD_Connection *c)
 {
-	char up[64], host[256] = "";
-	uptime_string(up, sizeof up);
-	gethostname(host, sizeof host - 1);
-	int mesh = server_have_mesh_key();
-	const char *kv[][2] = { { "Uptime", up },
-				{ "Version", DERPD_VERSION },
-				{ "Machine", host },
-				{ "TLS hostname", cfg && cfg->hostname ? cfg->hostname : "" },
-				{ "Mesh key", mesh ? "true" : "false" } };
-	static const char *const links[][2] = {
-		{ "/debug/vars", "Metrics (Go)" },
-		{ "/debug/varz", "Metrics (Prometheus)" },
-		{ "/metrics", "Metrics (Prometheus conventions)" },
-		{ "/debug/check", "Consistency check" },
-		{ "/debug/traffic", "Traffic check" },
-	};
+	struct metrics_snapshot s;
 	struct mbuf b = { 0 };
-	mbuf_puts(&b, "<html><body><h1>derper debug</h1><ul>");
-	for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
-		mbuf_printf(&b, "<li><b>%s:</b> ", kv[i][0]);
-		html_escaped(&b, kv[i][1]);
-		mbuf_puts(&b, "</li>");
-	}
-	for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
-		mbuf_printf(&b, "<li><a href=\"%s\">%s</a> (%s)</li>", links[i][0], links[i][0],
-			    links[i][1]);
-	enum MHD_Result r = httpd_reply(c, 200, BROWSER, b.p, b.len, "Content-Type",
-					"text/html; charset=utf-8", NULL);
+
+	metrics_gather(&s, cfg);
+	status_page(&b, &s, cfg);
+	metrics_release(&s);
+	enum MHD_Result r = b.oom ? httpd_error(c, 500, "out of memory")
+				  : httpd_reply(c, 200, BROWSER_DEBUG, b.p, b.len, "Content-Type",
+						"text/html; charset=utf-8", "Cache-Control", "no-store",
+						NULL);
 	mbuf_free(&b);
 	return r;
 }
@@ -668,6 +626,10 @@ int httpd_start(const struct config *c, char *err, size_t errlen)
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	if (conntab_start() != 0)
 		return snprintf(err, errlen, "cannot start the HTTP reaper thread"), -1;
+	if (status_start() != 0) {
+		httpd_stop();
+		return snprintf(err, errlen, "cannot start the status sampler thread"), -1;
+	}
 	main_tab = conntab_new(HTTP_MAX_CONNECTIONS, read_ms, 1);
 	if (main_tab == NULL) {
 		httpd_stop();
@@ -822,5 +784,6 @@ void httpd_stop(void)
 	conntab_free(metrics_tab);
 	main_tab = metrics_tab = NULL;
 	bootstrap_dns_stop();
+	status_stop();
 	metrics_port = 0;
 }

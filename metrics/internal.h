@@ -166,6 +166,13 @@ void prom_build_info(struct mbuf *b, const struct metrics_snapshot *s);
 /* /debug/vars: the varz values as one JSON object (malloc'd string). */
 char *vars_json(const struct metrics_snapshot *s);
 
+/* ---- /debug/, the live status page (status.c) ---- */
+/* The sampler thread behind its rates and sparkline (every 5 s, ten minutes kept). */
+int status_start(void);
+void status_stop(void);
+/* The page for snapshot s (HTML, no script, nothing fetched from elsewhere). */
+void status_page(struct mbuf *b, const struct metrics_snapshot *s, const struct config *cfg);
+
 /* ---- /debug/traffic (traffic.c, SERVER.md §6.5) ---- */
 struct traffic_entry {
 	char peer[64]; /* "ip:port" as ss prints it, brackets removed, v4-mapped unmapped */

@@ -45,7 +45,7 @@ static void expect_denied(const struct harness_server *s, const char *src)
 static void expect_allowed(const struct harness_server *s, const char *src)
 {
 	assert_int_equal(req_from(s, src, "GET", "/debug/", NULL), 200);
-	assert_non_null(strstr(body(), "<h1>derper debug</h1>"));
+	assert_non_null(strstr(body(), "<h2>derper debug</h2>"));
 	assert_int_equal(req_from(s, src, "GET", "/debug/varz", NULL), 200);
 	assert_int_equal(req_from(s, src, "GET", "/metrics", NULL), 200);
 	assert_int_equal(req_from(s, src, "GET", "/", NULL), 200);

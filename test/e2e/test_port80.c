@@ -164,8 +164,8 @@ static void test_debug_over_http(void **state)
 {
 	(void)state;
 	assert_int_equal(req(&p80, "GET", "/debug/", NULL), 200);
-	assert_non_null(strstr(body(), "<h1>derper debug</h1>"));
-	assert_non_null(strstr(body(), "<li><b>TLS hostname:</b> 127.0.0.1</li>"));
+	assert_non_null(strstr(body(), "<h2>derper debug</h2>"));
+	assert_non_null(strstr(body(), "<td id=\"hostname\">127.0.0.1</td>"));
 	expect_browser_headers(CSP);
 	assert_int_equal(req(&p80, "GET", "/debug/varz", NULL), 200);
 	assert_non_null(strstr(body(), "\n# TYPE derp_accepts counter\n"));
