@@ -41,11 +41,14 @@ deb=$build/derpd_${version}_$arch.deb
 dbg=$build/derpd-dbgsym_${version}_$arch.deb
 [ -f "$dbg" ] || dbg=$build/derpd-dbgsym_${version}_$arch.ddeb
 rm -f "$build"/derpd*_"$version"_"$arch".*
-ls -A .. > "$tmp/parent.before"
+# dpkg-buildpackage writes its results to ..: none of them may be left there. Only its
+# own kinds of file count (the parent may be a shared directory such as /tmp).
+pkgfiles() { ls -A .. | grep -E '^derpd([-_].*)?\.(deb|ddeb|changes|buildinfo)$' || true; }
+pkgfiles > "$tmp/parent.before"
 if ! sh scripts/deb.sh "$build"; then
 	bad "the package did not build"; exit 1
 fi
-ls -A .. > "$tmp/parent.after"
+pkgfiles > "$tmp/parent.after"
 cmp -s "$tmp/parent.before" "$tmp/parent.after" ||
 	bad "files appeared beside the checkout: $(comm -13 "$tmp/parent.before" "$tmp/parent.after" | tr '\n' ' ')"
 dbg=$build/derpd-dbgsym_${version}_$arch.deb
