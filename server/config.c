@@ -763,3 +763,14 @@ int config_parse(struct config *cfg, int argc, char **argv)
 	}
 	return 0;
 }
+
+int config_env_bool(const char *name)
+{
+	static const char *const yes[] = { "1", "t", "T", "TRUE", "true", "True" };
+	const char *v = getenv(name);
+
+	for (size_t i = 0; v && i < sizeof yes / sizeof *yes; i++)
+		if (strcmp(v, yes[i]) == 0)
+			return 1;
+	return 0;
+}

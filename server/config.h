@@ -58,11 +58,15 @@ struct config {
 };
 
 /* Parse argv into cfg (defaults first). Handles --help / --version itself (prints and
- * exits 0). On a usage error or an unsupported flag, prints a message naming the flag
+ * exits 0). On a usage error, prints a message naming the flag
  * and returns 2; the caller exits with that status. Returns 0 on success. */
 int config_parse(struct config *cfg, int argc, char **argv);
 
 /* Go duration syntax ("1h30m", "15s", "500ms", "0"): milliseconds, or -1 if invalid. */
 int64_t config_parse_duration_ms(const char *s);
+
+/* An environment variable as derper reads its booleans (Go's strconv.ParseBool truths:
+ * 1, t, T, TRUE, true, True); anything else, or unset, is false. */
+int config_env_bool(const char *name);
 
 #endif

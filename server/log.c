@@ -1,5 +1,7 @@
 #include "server/log.h"
 
+#include "server/config.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -23,18 +25,6 @@ static int journal;
 
 #define LINE_MAX_LEN 2048 /* longer messages are cut: a line stays one atomic write */
 
-/* Go's strconv.ParseBool truths, as derper's envknob.Bool reads them. */
-static int env_true(const char *name)
-{
-	static const char *const yes[] = { "1", "t", "T", "TRUE", "true", "True" };
-	const char *v = getenv(name);
-
-	for (size_t i = 0; v && i < sizeof yes / sizeof *yes; i++)
-		if (strcmp(v, yes[i]) == 0)
-			return 1;
-	return 0;
-}
-
 int log_journal_match(const char *js, int fd)
 {
 	unsigned long long dev, ino;
@@ -51,7 +41,7 @@ int log_journal_match(const char *js, int fd)
 void log_init(int verbose)
 {
 	log_debug_mask = verbose ? (1u << LS_N) - 1 : 0;
-	if (env_true("DERP_DEBUG_LOGS"))
+	if (config_env_bool("DERP_DEBUG_LOGS"))
 		log_debug_mask |= 1u << LS_DERP;
 	/* Only if stderr still is the stream systemd connected: a unit that redirects it
 	 * to a file (StandardError=file:) keeps the variable but wants timestamps. */

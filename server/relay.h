@@ -360,6 +360,7 @@ struct relay {
 	struct fwd_table *fwd;    /* the region's keys and their mesh forwarders */
 	struct worker *workers;
 	int nworkers;
+	int started;             /* atomic: workers running; the HTTP threads may read them */
 	int queue_depth;
 	int port;              /* the bound listen port (server_port) */
 	int rtt_stats;         /* sample TCP RTT every 10 s (off by TS_DERP_DISABLE_RTT_STATS) */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "server/config.h"
 #include "server/frame.h"
 #include "server/hll.h"
 #include "server/key.h"
@@ -315,18 +316,6 @@ static long rss_bytes(void)
 	return rss * sysconf(_SC_PAGESIZE);
 }
 
-/* Go's strconv.ParseBool truths; anything else (or unset) is false. */
-static int env_bool(const char *name)
-{
-	static const char *const yes[] = { "1", "t", "T", "TRUE", "true", "True" };
-	const char *v = getenv(name);
-
-	for (size_t i = 0; v && i < sizeof yes / sizeof *yes; i++)
-		if (strcmp(v, yes[i]) == 0)
-			return 1;
-	return 0;
-}
-
 static int queue_depth_from_env(char *err, size_t errlen)
 {
 	const char *v = getenv("TS_DEBUG_DERP_PER_CLIENT_SEND_QUEUE_DEPTH");
@@ -351,7 +340,7 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	relay.memstats_sys0 = (double)rss_bytes();
 	if ((relay.queue_depth = queue_depth_from_env(err, errlen)) < 0)
 		return -1;
-	relay.rtt_stats = !env_bool("TS_DERP_DISABLE_RTT_STATS");
+	relay.rtt_stats = !config_env_bool("TS_DERP_DISABLE_RTT_STATS");
 	relay.map = client_map_new(MAP_SHARDS, CM_LAST_WRITER_ACTIVE);
 	relay.fwd = fwd_new(MAP_SHARDS / 4);
 	mesh_serve_init();
@@ -398,6 +387,7 @@ int server_start(const struct config *cfg, const uint8_t priv[32], char *err, si
 	if (inherited >= 0)
 		close(inherited); /* each worker holds a duplicate */
 	relay.port = port;
+	__atomic_store_n(&relay.started, 1, __ATOMIC_RELEASE);
 	char kh[KEY_HEX_LEN + 1];
 	key_to_hex(kh, relay.pub);
 	log_info(LS_DERPD, "server key %s; %d workers, send queues %d+%d", kh, relay.nworkers,
@@ -451,6 +441,7 @@ void server_free(void)
 {
 	if (!relay.workers)
 		return;
+	__atomic_store_n(&relay.started, 0, __ATOMIC_RELEASE);
 	for (int i = 0; i < relay.nworkers; i++)
 		pthread_mutex_destroy(&relay.workers[i].ready_mu);
 	free(relay.workers);
@@ -488,8 +479,10 @@ void server_stats_sum(struct derp_stats_snapshot *snap)
 	struct fwd_counters fc;
 
 	memset(snap, 0, sizeof *snap);
-	if (!relay.map)
-		return; /* not started (or stopped): all zero */
+	/* Not started (or stopped): all zero. The HTTP side starts first and its status
+	 * sampler may ask while server_start is still making the workers. */
+	if (!__atomic_load_n(&relay.started, __ATOMIC_ACQUIRE))
+		return;
 	for (int i = 0; i < relay.nworkers; i++) {
 		const uint64_t *w = (const uint64_t *)&relay.workers[i].stats;
 		for (size_t j = 0; j < nw; j++)

@@ -575,6 +575,24 @@ double harness_wait_metric(const struct harness_server *s, const char *series, d
 
 /* ---- DERP clients ----------------------------------------------------------------- */
 
+int harness_promtool(const char *text, char *out, size_t cap)
+{
+	char in_path[] = "/tmp/derpd-promtool-XXXXXX", cmd[256];
+	int fd = mkstemp(in_path);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	snprintf(cmd, sizeof cmd, "promtool check metrics < %s 2>&1", in_path);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t n = fread(out, 1, cap - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	unlink(in_path);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 struct derp_client_opts harness_opts(void)
 {
 	return (struct derp_client_opts){ .timeout_ms = 5000 };

@@ -74,6 +74,9 @@ double harness_metric(const struct harness_server *s, const char *series);
 double harness_wait_metric(const struct harness_server *s, const char *series, double want,
 			   int timeout_ms);
 
+/* `promtool check metrics` on text: its exit status, its output in out. */
+int harness_promtool(const char *text, char *out, size_t cap);
+
 /* A DERP client to the server, fully connected (fails the test otherwise). */
 struct derp_client *harness_client(const struct harness_server *s,
 				   const struct derp_client_opts *opts);

@@ -256,25 +256,6 @@ static void test_bootstrap_dns_no_names(void **state)
 
 /* ---- metrics ---- */
 
-/* Run promtool check metrics on text; returns its exit status and its output in out. */
-static int promtool(const char *text, char *out, size_t cap)
-{
-	char in_path[] = "/tmp/derpd-promtool-XXXXXX";
-	int fd = mkstemp(in_path);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-	close(fd);
-	char cmd[256];
-	snprintf(cmd, sizeof cmd, "promtool check metrics < %s 2>&1", in_path);
-	FILE *p = popen(cmd, "r");
-	assert_non_null(p);
-	size_t n = fread(out, 1, cap - 1, p);
-	out[n] = '\0';
-	int st = pclose(p);
-	unlink(in_path);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static double series(const char *text, const char *name)
 {
 	char needle[256];
@@ -297,7 +278,7 @@ static void test_metrics_values_and_lint(void **state)
 	static char varz[RESP_MAX], out[65536];
 	snprintf(varz, sizeof varz, "%s", body());
 	/* derper's names predate the conventions: only these lint complaints are expected */
-	int rc = promtool(varz, out, sizeof out);
+	int rc = harness_promtool(varz, out, sizeof out);
 	if (rc != 0 && rc != 3)
 		fail_msg("promtool on /debug/varz: exit %d\n%s", rc, out);
 	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
@@ -335,7 +316,7 @@ static void test_metrics_values_and_lint(void **state)
 	expect_hdr("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	static char clean[RESP_MAX];
 	snprintf(clean, sizeof clean, "%s", body());
-	rc = promtool(clean, out, sizeof out);
+	rc = harness_promtool(clean, out, sizeof out);
 	if (rc != 0)
 		fail_msg("promtool on /metrics: exit %d\n%s", rc, out);
 	assert_true(series(clean, "derp_packets_received_total") == 7);

@@ -93,25 +93,6 @@ static double check_histogram(const char *text, const char *family)
 	return count;
 }
 
-/* promtool check metrics on text: exit status, output in out. */
-static int promtool(const char *text, char *out, size_t cap)
-{
-	char in_path[] = "/tmp/derpd-promtool-XXXXXX";
-	int fd = mkstemp(in_path);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-	close(fd);
-	char cmd[256];
-	snprintf(cmd, sizeof cmd, "promtool check metrics < %s 2>&1", in_path);
-	FILE *p = popen(cmd, "r");
-	assert_non_null(p);
-	size_t n = fread(out, 1, cap - 1, p);
-	out[n] = '\0';
-	int st = pclose(p);
-	unlink(in_path);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* ---- build info and histograms (plain server) ---- */
 
 struct grown { const struct harness_server *s; const char *series; double want; };
@@ -207,7 +188,7 @@ static void test_cert_expiry_and_lint(void **state)
 	assert_true(sample(t, "derpd_acme_orders_total") == 0); /* manual mode orders nothing */
 	assert_true(sample(t, "derpd_acme_order_failures_total") == 0);
 	static char out[65536];
-	int rc = promtool(t, out, sizeof out);
+	int rc = harness_promtool(t, out, sizeof out);
 	if (rc != 0)
 		fail_msg("promtool on a TLS + mesh /metrics: exit %d\n%s", rc, out);
 
