@@ -36,7 +36,9 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libderpd.a
 # A tool is one tools/*.c, or a directory of files: derpd-bench is tools/bench/*.c.
 BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/bench/*.c))
-TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c)) $(BUILD)/tools/derpd-bench
+PROBE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/probe/*.c))
+TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c)) $(BUILD)/tools/derpd-bench \
+            $(BUILD)/tools/derpd-probe
 UNIT     := $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(wildcard test/unit/test_*.c))
 E2E      := $(patsubst test/e2e/%.c,$(BUILD)/test/e2e/%,$(wildcard test/e2e/test_*.c))
 E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
@@ -91,6 +93,9 @@ $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BUILD)/tools/derpd-bench: $(BENCH_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(BUILD)/tools/derpd-probe: $(PROBE_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BUILD)/test/unit/%: $(BUILD)/test/unit/%.o $(LIB)
