@@ -42,7 +42,7 @@
 #define TLS_BAD_DAYS  7   /* upstream's expiresSoon: bad */
 #define TLS_WARN_DAYS 14  /* a warning on the line and the page */
 #define BW_IN_FLIGHT  30  /* upstream's window */
-#define RESEND_MS     200 /* mesh: a packet sent before A heard of B is dropped: send again */
+#define RESEND_MS     50  /* mesh: a packet sent before A heard of B is dropped: send again */
 
 /* snprintf without the truncation warning: every message here is cut to its buffer on
  * purpose (a hostile map's names are long). */

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <sodium.h>
+#include <wolfssl/options.h>
+#include <wolfssl/ssl.h>
 
 #include "mesh/mesh.h"
 #include "server/config.h"
@@ -215,13 +217,28 @@ static int by_name(const void *a, const void *b)
 	return strcmp(((const struct probe_info *)a)->name, ((const struct probe_info *)b)->name);
 }
 
+/* A node's own probe (TLS, STUN, the single-node DERP round trip) or a pair's. */
+static int own(const struct probe_info *p)
+{
+	return !p->to[0] || !strcmp(p->node, p->to);
+}
+
+static void add_name(char *list, size_t cap, const char *name)
+{
+	char tag[2 * DM_NAME_LEN + 8];
+	snprintf(tag, sizeof tag, " %s,", name);
+	if (!strstr(list, tag) && strlen(list) + strlen(tag) + 1 < cap)
+		strcat(list, tag);
+}
+
 /* -once's report: upstream's "good: <probe>: <latency>" and "bad: <probe>: <error>" lines
- * (good ones first, each group by name), then one line that names the failing nodes. */
+ * (good ones first, each group by name), then one line naming what failed: the nodes whose
+ * own probes failed, and pairs that fail between nodes that are fine on their own. */
 static int report(void)
 {
 	int n, bad = 0;
 	struct probe_info *p = prober_snapshot(&n);
-	char d[48], nodes[1024] = "";
+	char d[48], nodes[1024] = "", pairs[1024] = "";
 
 	if (!p)
 		return 1;
@@ -238,20 +255,30 @@ static int report(void)
 			}
 			printf("bad: %s: %s (after %s)\n", p[i].name, p[i].err, d);
 			bad++;
-			const char *who[2] = { p[i].node, p[i].to };
-			for (int k = 0; k < 2; k++) {
-				char tag[DM_NAME_LEN + 4];
-				snprintf(tag, sizeof tag, " %s,", who[k]);
-				if (who[k][0] && !strstr(nodes, tag) &&
-				    strlen(nodes) + strlen(tag) + 1 < sizeof nodes)
-					strcat(nodes, tag);
-			}
+			if (p[i].cls == PC_MAP)
+				add_name(nodes, sizeof nodes, "(the DERP map)");
+			else if (own(&p[i]))
+				add_name(nodes, sizeof nodes, p[i].node);
 		}
+	for (int i = 0; i < n; i++) {
+		char a[DM_NAME_LEN + 2], b[DM_NAME_LEN + 2], pair[2 * DM_NAME_LEN + 8];
+		if (!p[i].ran || p[i].ok || own(&p[i]))
+			continue;
+		snprintf(a, sizeof a, " %s,", p[i].node);
+		snprintf(b, sizeof b, " %s,", p[i].to);
+		if (strstr(nodes, a) || strstr(nodes, b))
+			continue; /* explained by a node that fails on its own */
+		snprintf(pair, sizeof pair, "%s->%s", p[i].node, p[i].to);
+		add_name(pairs, sizeof pairs, pair);
+	}
 	if (bad) {
-		size_t l = strlen(nodes);
-		if (l)
-			nodes[l - 1] = '\0';
-		printf("%d of %d probes bad%s%s\n", bad, n, l ? "; nodes:" : "", nodes);
+		size_t nl = strlen(nodes), pl = strlen(pairs);
+		if (nl)
+			nodes[nl - 1] = '\0';
+		if (pl)
+			pairs[pl - 1] = '\0';
+		printf("%d of %d probes bad%s%s%s%s\n", bad, n, nl ? "; failing:" : "", nodes,
+		       pl ? "; failing between nodes:" : "", pairs);
 	} else {
 		printf("all %d probes good\n", n);
 	}
@@ -295,6 +322,8 @@ int main(int argc, char **argv)
 		return bad_usage("-derp-map %s: want https://, http://, file:// or local%s",
 				 F.derp_map, "");
 	signal(SIGPIPE, SIG_IGN);
+	/* wolfSSL_Init's first call is not thread-safe; the probes' threads all use TLS */
+	wolfSSL_Init();
 	if (key_init() != 0) {
 		log_info("cannot initialise libsodium");
 		return 1;
