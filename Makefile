@@ -193,6 +193,9 @@ $(BUILD)/fuzz/fuzz_%: test/fuzz/fuzz_%.c $(wildcard test/fuzz/*.h) $(BUILD)/fuzz
 	$(FUZZ_CC) $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
 	  -o $@ $< $(BUILD)/fuzz/libderpd.a $(PKG_LIBS) -pthread -lm
 
+# fuzz_derpmap compiles derpd-probe's DERP map parser in (the tool is not in the library)
+$(BUILD)/fuzz/fuzz_derpmap: tools/probe/derpmap.c tools/probe/probe.h
+
 fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	@sh test/fuzz/run.sh "$(BUILD)" "$(FUZZ_SECONDS)" "$(FUZZ_SEED)" "$(FUZZ_RUNS)" \
 	  "$(FUZZ_BUDGET)" $(FUZZ_TARGETS)
