@@ -17,7 +17,6 @@
 #include "mesh/mesh.h"
 #include "server/config.h"
 #include "server/key.h"
-#include "server/log.h"
 #include "tools/probe/probe.h"
 
 int64_t probe_bw_size = 1000000; /* -bw-probe-size-bytes; web.c reports it */
@@ -181,7 +180,7 @@ static int load_mesh_key(uint8_t key[32], int *have)
 	if (F.psk_file[0]) {
 		FILE *f = fopen(F.psk_file, "rb");
 		if (!f) {
-			log_info("failed to get mesh key: %s: %s", F.psk_file, strerror(errno));
+			plog("failed to get mesh key: %s: %s", F.psk_file, strerror(errno));
 			return -1;
 		}
 		text = malloc(4097);
@@ -190,22 +189,22 @@ static int load_mesh_key(uint8_t key[32], int *have)
 		if (!text)
 			return -1;
 		text[len] = '\0';
-		log_info("Got mesh key from static file");
+		plog("Got mesh key from static file");
 	} else {
 		const char *e = getenv(MESH_KEY_ENV);
 		if (!e || !*e) {
-			log_info("No mesh key found, mesh key is empty");
+			plog("No mesh key found, mesh key is empty");
 			return 0;
 		}
 		text = strdup(e);
 		len = text ? strlen(text) : 0;
-		log_info("Set mesh key from %s", MESH_KEY_ENV);
+		plog("Set mesh key from %s", MESH_KEY_ENV);
 	}
 	int rc = text ? mesh_parse_key(text, len, key, NULL, err, sizeof err) : -1;
 	sodium_memzero(text, len);
 	free(text);
 	if (rc != 0) {
-		log_info("failed to get mesh key: %s", err);
+		plog("failed to get mesh key: %s", err);
 		return -1;
 	}
 	*have = !key_is_zero(key);
@@ -325,7 +324,7 @@ int main(int argc, char **argv)
 	/* wolfSSL_Init's first call is not thread-safe; the probes' threads all use TLS */
 	wolfSSL_Init();
 	if (key_init() != 0) {
-		log_info("cannot initialise libsodium");
+		plog("cannot initialise libsodium");
 		return 1;
 	}
 	if (load_mesh_key(mesh_key, &have_key) != 0)
@@ -351,15 +350,16 @@ int main(int argc, char **argv)
 		pthread_sigmask(SIG_BLOCK, &ss, NULL);
 
 	if (!F.once && web_start(F.listen, err, sizeof err) != 0) {
-		log_info("%s", err);
+		plog("%s", err);
 		return 1;
 	}
+	if (F.once)
+		plog("Waiting for all probes (may take up to 1m)");
 	if (prober_start(&o, err, sizeof err) != 0) {
-		log_info("%s", err);
+		plog("%s", err);
 		return 1;
 	}
 	if (F.once) {
-		log_info("Waiting for all probes (may take up to 1m)");
 		prober_wait_once();
 		rc = report();
 		prober_stop();
@@ -367,7 +367,7 @@ int main(int argc, char **argv)
 	}
 	int sig = 0;
 	sigwait(&ss, &sig);
-	log_info("%s: stopping", strsignal(sig));
+	plog("%s: stopping", strsignal(sig));
 	web_stop();
 	prober_stop();
 	return 0;

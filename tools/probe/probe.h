@@ -152,6 +152,10 @@ char *web_metrics(const struct probe_info *p, int n);
 /* The status page. malloc'd. */
 char *status_html(const struct probe_info *p, int n);
 
+/* The log: one line on stderr in Go's log format, as upstream derpprobe writes it
+ * ("2006/01/02 15:04:05 msg"); a line is one write(2), so threads never interleave. */
+void plog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- small shared helpers (web.c) ---------------------------------------------------- */
 struct sbuf {
 	char *p;

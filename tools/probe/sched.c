@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/log.h"
 #include "tools/probe/probe.h"
 
 struct probe {
@@ -219,7 +218,7 @@ static int reconcile(const struct derp_map *m, char *err, size_t errlen)
 			p->info = w[k].info;
 			p->next_ms = now + (o->spread && !o->once ? spread_delay(p->info.name,
 							       p->info.interval_ms) : 0);
-			log_info("adding DERP %s probe %s every %llds", probe_class_name(p->info.cls),
+			plog("adding DERP %s probe %s every %llds", probe_class_name(p->info.cls),
 				 p->info.name, (long long)(p->info.interval_ms / 1000));
 		}
 		p->from = w[k].from;
@@ -233,7 +232,7 @@ static int reconcile(const struct derp_map *m, char *err, size_t errlen)
 			nv[nn++] = p;
 		} else if (p->removed & 2) {
 			p->removed = 1;
-			log_info("removing DERP probe %s", p->info.name);
+			plog("removing DERP probe %s", p->info.name);
 			if (p->info.in_flight)
 				nv[nn++] = p; /* its worker frees it */
 			else
@@ -265,7 +264,7 @@ static void run_map(int64_t deadline, struct check_result *r)
 		pthread_mutex_lock(&P.mu);
 		/* control restarting: keep the last map a while, as upstream does */
 		if (P.have_map && wall_s() - P.map_at < 600) {
-			log_info("Error while fetching DERP map, using cached one: %s", err);
+			plog("Error while fetching DERP map, using cached one: %s", err);
 			r->ok = 1;
 		} else {
 			snprintf(r->err, sizeof r->err, "%s", err);
@@ -365,7 +364,7 @@ static void *worker_main(void *arg)
 		clock_gettime(CLOCK_MONOTONIC, &b);
 		double dur = (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
 		if (!r.ok)
-			log_info("probe %s: %s", p->info.name, r.err);
+			plog("probe %s: %s", p->info.name, r.err);
 
 		pthread_mutex_lock(&P.mu);
 		record(p, &r, dur);

@@ -14,11 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
 
-#include "server/log.h"
 #include "tools/probe/probe.h"
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -67,6 +67,24 @@ void sb_html(struct sbuf *b, const char *s)
 		default: sb_printf(b, "%c", *s);
 		}
 	}
+}
+
+void plog(const char *fmt, ...)
+{
+	char line[1024];
+	time_t now = time(NULL);
+	struct tm tm;
+	va_list ap;
+
+	localtime_r(&now, &tm);
+	size_t n = strftime(line, sizeof line, "%Y/%m/%d %H:%M:%S ", &tm);
+	va_start(ap, fmt);
+	int m = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+	va_end(ap);
+	n = m < 0 ? n : n + (size_t)m < sizeof line - 1 ? n + (size_t)m : sizeof line - 2;
+	line[n++] = '\n';
+	if (write(2, line, n) < 0)
+		return; /* nowhere to say so */
 }
 
 /* Prometheus label value: backslash, double quote and newline escaped. */
@@ -402,7 +420,7 @@ int web_start(const char *addr, char *err, size_t errlen)
 		close(fd);
 		return -1;
 	}
-	log_info("Listening on %s", shown);
+	plog("Listening on %s", shown);
 	return 0;
 }
 
