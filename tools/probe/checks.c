@@ -400,7 +400,7 @@ void check_tls(const struct check_ctx *c, const struct dm_node *n, int64_t deadl
 	       struct check_result *r)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	const char *host = dial_host(n), *name = cert_name(n);
+	const char *host = dial_host(n);
 	int port = derp_port(c, n);
 	struct seen s = { 0 };
 	WOLFSSL_CTX *ctx = NULL;
@@ -431,7 +431,6 @@ void check_tls(const struct check_ctx *c, const struct dm_node *n, int64_t deadl
 	wolfSSL_UseALPN(ssl, alpn, sizeof alpn - 1, WOLFSSL_ALPN_CONTINUE_ON_MISMATCH);
 	wolfSSL_set_verify(ssl, WOLFSSL_VERIFY_PEER, verify_cb);
 	wolfSSL_SetCertCbCtx(ssl, &s);
-	(void)name;
 	for (;;) {
 		int rc = wolfSSL_connect(ssl);
 		if (rc == WOLFSSL_SUCCESS)

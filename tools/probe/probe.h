@@ -117,6 +117,7 @@ struct probe_info {
 	char host[DM_HOST_LEN];
 	int family;                       /* udp */
 	int64_t interval_ms;
+	/* results from here on: kept across map reloads (sched.c copies from in_flight on) */
 	int in_flight;
 	double start, end;                /* Unix seconds of the last run; 0 = never */
 	double last_success;

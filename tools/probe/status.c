@@ -46,8 +46,6 @@ static const struct probe_info *find(const struct probe_info *p, int n, enum pro
 /* One status cell: class, state and the numbers as data-* attributes. */
 static void cell(struct sbuf *b, const char *cls, const struct probe_info *p)
 {
-	char d[48];
-
 	if (!p) {
 		sb_printf(b, "<td class=\"%s none\" data-state=\"none\">&mdash;</td>", cls);
 		return;
@@ -65,7 +63,6 @@ static void cell(struct sbuf *b, const char *cls, const struct probe_info *p)
 	}
 	sb_printf(b, "\">%s", state(p));
 	if (p->ran && p->ok) {
-		fmt_duration(d, sizeof d, p->latency_s);
 		sb_printf(b, " <span class=\"lat\">%.1f&nbsp;ms</span>", p->latency_s * 1000);
 	}
 	if (p->cls == PC_TLS && p->not_after > 0) {

@@ -380,6 +380,13 @@ static int listen_on(const char *addr, char *err, size_t errlen, char *shown, si
 		return -1;
 	}
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, zero = 0;
+	if (fd < 0 && !host[0]) { /* ":port" on a host without IPv6: IPv4 only */
+		memset(&ss, 0, sizeof ss);
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t)port);
+		sl = sizeof *s4;
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	}
 	if (fd < 0) {
 		snprintf(err, errlen, "-listen %s: socket: %m", addr);
 		return -1;
@@ -396,7 +403,7 @@ static int listen_on(const char *addr, char *err, size_t errlen, char *shown, si
 	char ip[INET6_ADDRSTRLEN];
 	if (ss.ss_family == AF_INET6) {
 		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
-		snprintf(shown, scap, "%s[%s]:%u", host[0] ? "" : "", ip, ntohs(s6->sin6_port));
+		snprintf(shown, scap, "[%s]:%u", ip, ntohs(s6->sin6_port));
 	} else {
 		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
 		snprintf(shown, scap, "%s:%u", ip, ntohs(s4->sin_port));
