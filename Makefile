@@ -36,7 +36,9 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB      := $(BUILD)/libderpd.a
 # A tool is one tools/*.c, or a directory of files: derpd-bench is tools/bench/*.c.
 BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/bench/*.c))
-TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c)) $(BUILD)/tools/derpd-bench
+PROBE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/probe/*.c))
+TOOLS    := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c)) $(BUILD)/tools/derpd-bench \
+            $(BUILD)/tools/derpd-probe
 UNIT     := $(patsubst test/unit/%.c,$(BUILD)/test/unit/%,$(wildcard test/unit/test_*.c))
 E2E      := $(patsubst test/e2e/%.c,$(BUILD)/test/e2e/%,$(wildcard test/e2e/test_*.c))
 E2E_LIB  := $(filter-out test/e2e/test_%.c,$(wildcard test/e2e/*.c))
@@ -91,6 +93,9 @@ $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BUILD)/tools/derpd-bench: $(BENCH_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(BUILD)/tools/derpd-probe: $(PROBE_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 $(BUILD)/test/unit/%: $(BUILD)/test/unit/%.o $(LIB)
@@ -187,6 +192,9 @@ $(BUILD)/fuzz/libderpd.a: $(FUZZ_OBJ)
 $(BUILD)/fuzz/fuzz_%: test/fuzz/fuzz_%.c $(wildcard test/fuzz/*.h) $(BUILD)/fuzz/libderpd.a
 	$(FUZZ_CC) $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined \
 	  -o $@ $< $(BUILD)/fuzz/libderpd.a $(PKG_LIBS) -pthread -lm
+
+# fuzz_derpmap compiles derpd-probe's DERP map parser in (the tool is not in the library)
+$(BUILD)/fuzz/fuzz_derpmap: tools/probe/derpmap.c tools/probe/probe.h
 
 fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	@sh test/fuzz/run.sh "$(BUILD)" "$(FUZZ_SECONDS)" "$(FUZZ_SEED)" "$(FUZZ_RUNS)" \

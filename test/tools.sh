@@ -9,7 +9,7 @@ tools=$build/tools
 fail=0
 bad() { echo "check-tools: FAIL: $*"; fail=1; }
 
-for t in derpd-bench derpd-stun-bench; do
+for t in derpd-bench derpd-stun-bench derpd-probe; do
 	out=$("$tools/$t" --version 2>&1); rc=$?
 	[ "$rc" = 0 ] && [ "$out" = "$t $version" ] || bad "$t --version: exit $rc, \"$out\""
 	"$tools/$t" --help 2>&1 | grep -q -- '--version' || bad "$t --help does not name --version"
