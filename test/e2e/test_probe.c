@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "test/e2e/harness.h"
+#include "test/e2e/setec_fake.h"
 #include "test/e2e/test_mesh_util.h"
 #include "test/e2e/test_tls_util.h"
 #include "test/e2e/test_probe_util.h"
@@ -145,6 +146,36 @@ static void test_healthy_region(void **state)
 	snprintf(ca, sizeof ca, "--ca-file=%s", R.ca.pem_path);
 	const char *with_ca[] = { ca, NULL };
 	assert_int_equal(probe_once(R.url, with_ca, NULL, NULL), 0);
+}
+
+/* -secrets-url: the mesh key from setec (before -mesh-psk-file, which probe_once also
+ * passes); setec refusing is an error at start-up that names its status. */
+static void test_setec_key(void **state)
+{
+	char surl[64], cache[300], cflag[320];
+	const char *env[] = { R.caenv, NULL };
+
+	(void)state;
+	setec_start();
+	setec_set(SETEC_OK, MESH_KEY_HEX, 7);
+	snprintf(surl, sizeof surl, "http://127.0.0.1:%u", setec.port);
+	snprintf(cache, sizeof cache, "%s/setec-cache", R.dir);
+	snprintf(cflag, sizeof cflag, "-secrets-cache-dir=%s", cache);
+	const char *more[] = { "-secrets-url", surl, cflag, "-bw-interval", "0", NULL };
+	assert_int_equal(probe_once(R.url, more, env, NULL), 0);
+	if (!strstr(err, "Got mesh key from setec store (version 7)"))
+		fail_msg("the key did not come from setec:\n%s", err);
+	pthread_mutex_lock(&setec.mu);
+	assert_string_equal(setec.last_name, "prod/derp/meshkey");
+	pthread_mutex_unlock(&setec.mu);
+	unlink(cache); /* no cached copy: setec's answer decides */
+
+	setec_set(SETEC_FORBIDDEN, MESH_KEY_HEX, 7);
+	int rc = probe_once(R.url, more, env, NULL);
+	assert_int_not_equal(rc, 0);
+	if (!strstr(err, "HTTP 403"))
+		fail_msg("no clear error for setec's 403:\n%s", err);
+	setec_stop();
 }
 
 /* A node that is down: its probes fail at once (connection refused), the summary names it
@@ -459,6 +490,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_healthy_region),
 		cmocka_unit_test(test_node_down),
+		cmocka_unit_test(test_setec_key),
 		cmocka_unit_test(test_bad_certificates),
 		cmocka_unit_test(test_local_map),
 		cmocka_unit_test(test_unresponsive_and_garbage),

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test/e2e/browser.h"
 #include "test/e2e/harness.h"
 #include "test/e2e/test_mesh_util.h"
 #include "test/e2e/test_tls_util.h"
@@ -217,49 +218,25 @@ static double dom_num(const char *anchor, const char *stop, const char *marker,
 	return strtod(v + strlen(needle), NULL);
 }
 
-static int chromium(const char *const *args, char *out, size_t cap)
-{
-	static const char *const paths[] = { "/usr/bin/chromium", "/usr/bin/chromium-browser" };
-	const char *bin = NULL, *argv[24];
-	char profile[300];
-	int n = 0;
-
-	for (size_t i = 0; i < 2 && !bin; i++)
-		if (access(paths[i], X_OK) == 0)
-			bin = paths[i];
-	if (!bin)
-		return -2;
-	snprintf(profile, sizeof profile, "--user-data-dir=%s/chromium", R.dir);
-	static const char *const fixed[] = { "--headless", "--no-sandbox", "--disable-gpu",
-					     "--no-first-run", "--disable-background-networking",
-					     "--disable-component-update", "--disable-sync",
-					     "--disable-dev-shm-usage", "--no-proxy-server" };
-	for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-		argv[n++] = fixed[i];
-	argv[n++] = profile;
-	for (int i = 0; args[i] && n < 23; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	return pu_run_bin(bin, argv, NULL, 90000, out, cap, NULL, 0, NULL);
-}
-
 static void test_status_page_in_chromium(void **state)
 {
-	char url[64], shot[700], win[] = "--window-size=1400,1000", shotarg[720];
+	char url[64], shot[700], profile[300];
 	char scrape2[BIG / 4];
 
 	(void)state;
-	if (access("/usr/bin/chromium", X_OK) && access("/usr/bin/chromium-browser", X_OK)) {
+	if (!browser_path()) {
 		print_message("SKIPPED: chromium is not installed (apt-get install chromium)\n");
 		skip();
 	}
 	if (!harness_wait(settled, NULL, 30000))
 		fail_msg("probe results not seen within 30 s");
 	snprintf(url, sizeof url, "http://127.0.0.1:%u/", R.web.port);
-	const char *dump[] = { "--dump-dom", url, NULL };
-	int rc = chromium(dump, dom, sizeof dom);
-	if (rc != 0 || !strstr(dom, "</html>"))
-		fail_msg("chromium --dump-dom: exit %d, %zu bytes", rc, strlen(dom));
+	snprintf(profile, sizeof profile, "%s/chromium", R.dir);
+	char *page = browser_dom(url, profile, 90000);
+	if (!page || !strstr(page, "</html>"))
+		fail_msg("chromium --dump-dom: %zu bytes", page ? strlen(page) : 0);
+	snprintf(dom, sizeof dom, "%s", page);
+	free(page);
 	assert_int_equal(get("/metrics", scrape2, sizeof scrape2), 200);
 
 	/* the summary: as many probes and bad ones as /metrics has results and zeros */
@@ -304,13 +281,11 @@ static void test_status_page_in_chromium(void **state)
 	/* the screenshot, for a person to look at */
 	snprintf(shot, sizeof shot, "%s/test-probe-status.png", pu_build_dir());
 	unlink(shot);
-	snprintf(shotarg, sizeof shotarg, "--screenshot=%s", shot);
-	const char *shoot[] = { shotarg, win, url, NULL };
-	rc = chromium(shoot, NULL, 0);
+	int rc = browser_screenshot(url, shot, 1400, 1000, profile, 90000);
 	size_t n;
 	char *png = file_read(shot, &n);
 	if (rc != 0 || !png || n < 10000 || memcmp(png, "\x89PNG", 4) != 0)
-		fail_msg("chromium --screenshot: exit %d, %zu bytes in %s", rc, png ? n : 0, shot);
+		fail_msg("chromium --screenshot: %d, %zu bytes in %s", rc, png ? n : 0, shot);
 	free(png);
 	print_message("status page: %g probes, %g bad; 900a DERP %.2f ms over %g points; "
 		      "screenshot %s\n", total, bad, derp, pts, shot);

@@ -64,9 +64,11 @@ static const struct flag {
 	{ "mesh-psk-file", T_STR, &F.psk_file, "if non-empty, path to file containing the mesh "
 	  "pre-shared key file. It must be 64 lowercase hexadecimal characters; whitespace is "
 	  "trimmed." },
-	{ "secrets-url", T_STR, &F.secrets_url, "SETEC server URL (not supported)" },
-	{ "secrets-path-prefix", T_STR, &F.secrets_prefix, "setec path prefix (unused)" },
-	{ "secrets-cache-dir", T_STR, &F.secrets_cache, "setec cache directory (unused)" },
+	{ "secrets-url", T_STR, &F.secrets_url, "SETEC server URL for secrets retrieval of mesh key" },
+	{ "secrets-path-prefix", T_STR, &F.secrets_prefix, "setec path prefix for \"meshkey\" "
+	  "secret for DERP mesh key" },
+	{ "secrets-cache-dir", T_STR, &F.secrets_cache, "directory to cache setec secrets in "
+	  "(default $HOME/.cache/derper-secrets)" },
 	/* derpd's own */
 	{ "socket", T_STR, &F.socket_path, "tailscaled's LocalAPI socket, for -derp-map local" },
 	{ "ca-file", T_STR, &F.ca_file, "PEM file of the roots that node certificates must chain "
@@ -169,15 +171,43 @@ static int parse_flags(int argc, char **argv)
 	return 0;
 }
 
-/* The mesh key: --mesh-psk-file, else TAILSCALE_DERPER_MESH_KEY (upstream reads the
- * variable only with -dev; without setec here it is the other way to pass a key). */
+/* The mesh key, as upstream's getMeshKey: -dev: TAILSCALE_DERPER_MESH_KEY; else
+ * -secrets-url (setec, read and cached as derpd does); else -mesh-psk-file; else none. */
 static int load_mesh_key(uint8_t key[32], int *have)
 {
-	char err[200], *text = NULL;
+	char err[600], *text = NULL;
 	size_t len = 0;
 
 	*have = 0;
-	if (F.psk_file[0]) {
+	if (F.dev) {
+		const char *e = getenv(MESH_KEY_ENV);
+		if (!e || !*e) {
+			plog("No mesh key specified for dev via %s", MESH_KEY_ENV);
+			return 0;
+		}
+		text = strdup(e);
+		len = text ? strlen(text) : 0;
+		plog("Set mesh key from %s", MESH_KEY_ENV);
+	} else if (F.secrets_url[0]) {
+		char cache[4096], value[512];
+		int64_t version;
+		int cached;
+		struct config c;
+		memset(&c, 0, sizeof c);
+		snprintf(cache, sizeof cache, "%s/.cache/derper-secrets",
+			 getenv("HOME") ? getenv("HOME") : "");
+		c.secrets_url = F.secrets_url;
+		c.secrets_path_prefix = F.secrets_prefix;
+		c.secrets_cache_dir = F.secrets_cache[0] ? F.secrets_cache : cache;
+		if (mesh_secrets_load(&c, value, sizeof value, &version, &cached, err,
+				      sizeof err) != 0) {
+			plog("failed to get mesh key: %s", err);
+			return -1;
+		}
+		text = strdup(value);
+		len = text ? strlen(text) : 0;
+		sodium_memzero(value, sizeof value);
+	} else if (F.psk_file[0]) {
 		FILE *f = fopen(F.psk_file, "rb");
 		if (!f) {
 			plog("failed to get mesh key: %s: %s", F.psk_file, strerror(errno));
@@ -191,14 +221,8 @@ static int load_mesh_key(uint8_t key[32], int *have)
 		text[len] = '\0';
 		plog("Got mesh key from static file");
 	} else {
-		const char *e = getenv(MESH_KEY_ENV);
-		if (!e || !*e) {
-			plog("No mesh key found, mesh key is empty");
-			return 0;
-		}
-		text = strdup(e);
-		len = text ? strlen(text) : 0;
-		plog("Set mesh key from %s", MESH_KEY_ENV);
+		plog("No mesh key found, mesh key is empty");
+		return 0;
 	}
 	int rc = text ? mesh_parse_key(text, len, key, NULL, err, sizeof err) : -1;
 	sodium_memzero(text, len);
@@ -303,8 +327,6 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	/* upstream features that need what this program does not have: refused by name */
-	if (F.secrets_url[0])
-		return bad_usage("-secrets-url: setec is not supported; use -mesh-psk-file%s%s", "", "");
 	if (F.tun[0])
 		return bad_usage("-bw-tun-ipv4-addr: TUN bandwidth probes are not supported%s%s", "", "");
 	if (F.qd_pps != 0)
