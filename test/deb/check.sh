@@ -63,7 +63,7 @@ awk '{ print $6 }' "$tmp/contents" > "$tmp/paths"
 want="./usr/sbin/derpd ./etc/default/derpd ./usr/lib/sysusers.d/derpd.conf
 ./usr/share/doc/derpd/copyright ./usr/share/doc/derpd/changelog.gz"
 for t in tools/*.c; do want="$want ./usr/bin/$(basename "$t" .c)"; done
-want="$want ./usr/bin/derpd-bench"
+want="$want ./usr/bin/derpd-bench ./usr/bin/derpd-probe"
 for p in man/*.[1-8]; do
 	want="$want ./usr/share/man/man${p##*.}/$(basename "$p").gz"
 done
