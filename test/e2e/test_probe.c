@@ -170,6 +170,14 @@ static void test_setec_key(void **state)
 	pthread_mutex_unlock(&setec.mu);
 	unlink(cache); /* no cached copy: setec's answer decides */
 
+	/* Neither -secrets-url nor -mesh-psk-file: the variable (upstream: only with -dev). */
+	const char *args[] = { "-once", "-spread=false", "-bw-interval", "0", "-derp-map", R.url,
+			       NULL };
+	const char *env_key[] = { R.caenv, "TAILSCALE_DERPER_MESH_KEY=" MESH_KEY_HEX, NULL };
+	assert_int_equal(pu_run(args, env_key, RUN, out, sizeof out, err, sizeof err, NULL), 0);
+	if (!strstr(err, "Set mesh key from TAILSCALE_DERPER_MESH_KEY"))
+		fail_msg("the key did not come from the environment:\n%s", err);
+
 	setec_set(SETEC_FORBIDDEN, MESH_KEY_HEX, 7);
 	int rc = probe_once(R.url, more, env, NULL);
 	assert_int_not_equal(rc, 0);

@@ -172,20 +172,21 @@ static int parse_flags(int argc, char **argv)
 }
 
 /* The mesh key, as upstream's getMeshKey: -dev: TAILSCALE_DERPER_MESH_KEY; else
- * -secrets-url (setec, read and cached as derpd does); else -mesh-psk-file; else none. */
+ * -secrets-url (setec, read and cached as derpd does); else -mesh-psk-file; else (where
+ * upstream has none) the variable if it is set. */
 static int load_mesh_key(uint8_t key[32], int *have)
 {
 	char err[600], *text = NULL;
 	size_t len = 0;
+	const char *env = getenv(MESH_KEY_ENV);
 
 	*have = 0;
-	if (F.dev) {
-		const char *e = getenv(MESH_KEY_ENV);
-		if (!e || !*e) {
+	if (F.dev || (!F.secrets_url[0] && !F.psk_file[0] && env && *env)) {
+		if (!env || !*env) {
 			plog("No mesh key specified for dev via %s", MESH_KEY_ENV);
 			return 0;
 		}
-		text = strdup(e);
+		text = strdup(env);
 		len = text ? strlen(text) : 0;
 		plog("Set mesh key from %s", MESH_KEY_ENV);
 	} else if (F.secrets_url[0]) {
