@@ -792,19 +792,6 @@ struct cert_provider *cert_provider_start(const struct config *cfg,
 	return cert_provider_start_ex(cfg, server_pub, ch, err, errlen);
 }
 
-enum cert_state cert_provider_state(struct cert_provider *p)
-{
-	enum cert_state st = CERT_SERVING;
-
-	if (p->mode != MODE_ACME || !p->host_acme)
-		return st;
-	pthread_mutex_lock(&p->mu);
-	if (p->nent > 0 && !p->ent[0].ctx) /* entry 0 is --hostname's (issue_init) */
-		st = p->ent[0].retry_s ? CERT_FAILED : CERT_PENDING;
-	pthread_mutex_unlock(&p->mu);
-	return st;
-}
-
 void cert_provider_stop(struct cert_provider *p)
 {
 	if (p == NULL)

@@ -1,5 +1,6 @@
-/* What the metrics show about certificates (SERVER.md §10): the TLS library and whether it
- * uses AES-NI, the notAfter of every certificate being served, and ACME order outcomes.
+/* What the metrics and the service manager see of certificates (SERVER.md §10): the TLS
+ * library and whether it uses AES-NI, the notAfter of every certificate being served, ACME
+ * order outcomes, and whether the first certificate is in (READY=1).
  * Process-wide, as the HTTP-01 tokens are: the metrics never hold a provider pointer, so a
  * scrape cannot race cert_provider_stop. */
 #include "acme/cert.h"
@@ -93,4 +94,18 @@ void cert_acme_counters(uint64_t *orders, uint64_t *failures)
 {
 	*orders = __atomic_load_n(&st.orders, __ATOMIC_RELAXED);
 	*failures = __atomic_load_n(&st.failures, __ATOMIC_RELAXED);
+}
+
+/* For READY=1 (main): whether TLS works yet. */
+enum cert_state cert_provider_state(struct cert_provider *p)
+{
+	enum cert_state state = CERT_SERVING;
+
+	if (p->mode != MODE_ACME || !p->host_acme)
+		return state;
+	pthread_mutex_lock(&p->mu);
+	if (p->nent > 0 && !p->ent[0].ctx) /* entry 0 is --hostname's (issue_init) */
+		state = p->ent[0].retry_s ? CERT_FAILED : CERT_PENDING;
+	pthread_mutex_unlock(&p->mu);
+	return state;
 }
