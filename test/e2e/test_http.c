@@ -199,10 +199,7 @@ static void test_debug_pages(void **state)
 	assert_int_equal(req(s, "GET", "/debug/", NULL), 200);
 	/* derpd's live status page (test_status.c) in place of derper's list; its style is
 	 * inline, hence the debug pages' CSP. derper's facts and links are all on it. */
-	const char *debug_csp = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; "
-				"base-uri 'self'; block-all-mixed-content; object-src 'none'; "
-				"style-src 'self' 'unsafe-inline'";
-	expect_browser_headers(debug_csp);
+	expect_browser_headers(CSP_DEBUG);
 	expect_hdr("Content-Type", "text/html; charset=utf-8");
 	expect_hdr("Cache-Control", "no-store");
 	const char *b = body();
@@ -217,14 +214,14 @@ static void test_debug_pages(void **state)
 	assert_non_null(strstr(b, "<li><a href=\"/debug/traffic\">/debug/traffic</a> (Traffic check)</li>"));
 
 	assert_int_equal(req(s, "GET", "/debug/check", NULL), 200);
-	expect_browser_headers(debug_csp);
+	expect_browser_headers(CSP_DEBUG);
 	assert_string_equal(body(), "derp.Server ConsistencyCheck okay");
 	assert_int_equal(req(s, "GET", "/debug/vars", NULL), 200);
 	expect_hdr("Content-Type", "application/json; charset=utf-8");
 	assert_non_null(strstr(body(), "\"derp\": {"));
 	assert_int_equal(req(s, "GET", "/debug/varz", NULL), 200);
 	expect_hdr("Content-Type", "text/plain; charset=utf-8");
-	expect_browser_headers(debug_csp);
+	expect_browser_headers(CSP_DEBUG);
 	assert_int_equal(req(s, "GET", "/debug/pprof/", NULL), 404);
 	assert_string_equal(body(), "404 page not found\n");
 

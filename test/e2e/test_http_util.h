@@ -16,6 +16,10 @@ static char resp[RESP_MAX];
 __attribute__((unused)) static const char *const CSP =
 	"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'; "
 	"block-all-mixed-content; object-src 'none'";
+/* The debug pages' (the status page's style is inline). */
+__attribute__((unused)) static const char *const CSP_DEBUG =
+	"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'; "
+	"block-all-mixed-content; object-src 'none'; style-src 'self' 'unsafe-inline'";
 
 /* Read one response from fd into buf (head + body, chunked bodies decoded). head_only: a
  * HEAD request (a Content-Length but no body follows). Returns the status or -1. */

@@ -166,7 +166,7 @@ static void test_debug_over_http(void **state)
 	assert_int_equal(req(&p80, "GET", "/debug/", NULL), 200);
 	assert_non_null(strstr(body(), "<h2>derper debug</h2>"));
 	assert_non_null(strstr(body(), "<td id=\"hostname\">127.0.0.1</td>"));
-	expect_browser_headers(CSP);
+	expect_browser_headers(CSP_DEBUG);
 	assert_int_equal(req(&p80, "GET", "/debug/varz", NULL), 200);
 	assert_non_null(strstr(body(), "\n# TYPE derp_accepts counter\n"));
 	expect_hdr("Content-Type", "text/plain; charset=utf-8");
