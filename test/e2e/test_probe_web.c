@@ -305,10 +305,11 @@ static void test_stop(void **state)
 		poll(NULL, 0, 20);
 	}
 	R.pid = 0;
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	size_t n;
 	char *log = file_read(R.log, &n);
 	assert_non_null(log);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("derpd-probe exited with 0x%x on SIGTERM; its log:\n%s", st, log);
 	assert_non_null(strstr(log, "Terminated: stopping"));
 	if (strstr(log, "Sanitizer") || strstr(log, "runtime error:"))
 		fail_msg("derpd-probe's log:\n%s", log);

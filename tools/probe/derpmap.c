@@ -187,6 +187,33 @@ void derpmap_free(struct derp_map *m)
 	}
 }
 
+/* How deep arrays and objects nest (strings skipped). jansson recurses once per level,
+ * up to 2048, which a prober thread's 256 KiB stack may not hold (it did not under
+ * ThreadSanitizer); a DERP map nests 5 deep. */
+#define DM_MAX_DEPTH 32
+static int nesting_too_deep(const char *s, size_t n)
+{
+	int depth = 0, in_str = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '[' || c == '{') {
+			if (++depth > DM_MAX_DEPTH)
+				return 1;
+		} else if (c == ']' || c == '}') {
+			depth--;
+		}
+	}
+	return 0;
+}
+
 int derpmap_parse(const char *json, size_t len, struct derp_map *out, char *err, size_t errlen)
 {
 	struct perr e = { err, errlen };
@@ -199,6 +226,8 @@ int derpmap_parse(const char *json, size_t len, struct derp_map *out, char *err,
 
 	if (len > DM_MAX_BYTES)
 		return fail(&e, "DERP map is %zu bytes, more than %u", len, DM_MAX_BYTES);
+	if (nesting_too_deep(json, len))
+		return fail(&e, "decoding DERP map JSON: nested more than %d deep", DM_MAX_DEPTH);
 	/* JSON_DECODE_ANY: a top-level null or number gets our message, not jansson's */
 	root = json_loadb(json, len, JSON_DECODE_ANY, &je);
 	if (!root)

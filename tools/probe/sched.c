@@ -432,8 +432,11 @@ int prober_start(const struct prober_opts *o, char *err, size_t errlen)
 	m->info.cls = PC_MAP;
 	m->info.interval_ms = o->interval_ms;
 	m->is_map = 1;
+	/* The web server may already serve: /metrics and the page read P under the lock. */
+	pthread_mutex_lock(&P.mu);
 	P.v[0] = m;
 	P.n = P.cap = 1;
+	pthread_mutex_unlock(&P.mu);
 	/* small stacks: workers block on sockets, they do not recurse */
 	pthread_attr_t at;
 	pthread_attr_init(&at);
