@@ -25,11 +25,8 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The roots when no CA file is named: as Go's crypto/x509 on Linux, which derper uses,
- * SSL_CERT_FILE replaces the default bundle and SSL_CERT_DIR (colon-separated) the default
- * directories, so an operator's environment that makes derper trust a private CA does
- * the same for derpd. Without either, the system's store. 1 if any root was loaded. */
-static int load_default_roots(WOLFSSL_CTX *ctx)
+/* Go's rule, for the reason given in client_tls.h. */
+int client_tls_load_roots(WOLFSSL_CTX *ctx)
 {
 	const char *file = getenv("SSL_CERT_FILE"), *dirs = getenv("SSL_CERT_DIR");
 	int ok = 0;
@@ -145,7 +142,7 @@ struct WOLFSSL *client_tls_start(int fd, const struct client_tls_opts *o, int64_
 	} else {
 		int ok = o->ca_file ? wolfSSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) ==
 					      WOLFSSL_SUCCESS
-				    : load_default_roots(ctx);
+				    : client_tls_load_roots(ctx);
 		if (!ok) {
 			snprintf(err, errlen, "TLS: cannot load CA certificates %s",
 				 o->ca_file ? o->ca_file : "(system)");

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 struct WOLFSSL;
+struct WOLFSSL_CTX;
 
 /* The server's DERP key as its meta certificate carries it (PROTOCOL.md §3.3). */
 struct client_tls_meta {
@@ -40,5 +41,10 @@ size_t client_tls_pending(struct WOLFSSL *ssl);
 /* The negotiated version: 0x0303 for TLS 1.2, 0x0304 for TLS 1.3. */
 int client_tls_version(struct WOLFSSL *ssl);
 void client_tls_free(struct WOLFSSL *ssl);
+/* The roots when no CA file is named, as Go's crypto/x509 finds them on Linux (derper,
+ * derpprobe): SSL_CERT_FILE replaces the default bundle and SSL_CERT_DIR (colon-separated)
+ * the default directories, so an environment that makes Go trust a private CA does the
+ * same here; without either, the system's store. 1 if any root was loaded. */
+int client_tls_load_roots(struct WOLFSSL_CTX *ctx);
 
 #endif

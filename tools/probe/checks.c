@@ -37,6 +37,7 @@
 #include "mesh/derp_client.h"
 #include "server/frame.h"
 #include "stun/stun.h"
+#include "mesh/client_tls.h"
 #include "tools/probe/probe.h"
 
 #define TLS_BAD_DAYS  7   /* upstream's expiresSoon: bad */
@@ -153,32 +154,12 @@ static int dial_tcp(const char *host, int port, int64_t deadline, char *err, siz
 	return fd;
 }
 
-/* The roots as Go's crypto/x509 finds them on Linux (and mesh/client_tls.c): SSL_CERT_FILE
- * replaces the bundle, SSL_CERT_DIR (colon-separated) the directories. */
+/* --ca-file, else the roots as Go finds them (as the mesh client does). */
 static int load_roots(WOLFSSL_CTX *ctx, const char *ca_file)
 {
-	const char *file = getenv("SSL_CERT_FILE"), *dirs = getenv("SSL_CERT_DIR");
-	int ok = 0;
-
 	if (ca_file)
 		return wolfSSL_CTX_load_verify_locations(ctx, ca_file, NULL) == WOLFSSL_SUCCESS;
-	if (file && *file)
-		ok |= wolfSSL_CTX_load_verify_locations(ctx, file, NULL) == WOLFSSL_SUCCESS;
-	if (!dirs || !*dirs)
-		return (file && *file) ? ok || wolfSSL_CTX_load_system_CA_certs(ctx) == WOLFSSL_SUCCESS
-				       : wolfSSL_CTX_load_system_CA_certs(ctx) == WOLFSSL_SUCCESS;
-	for (const char *d = dirs; *d;) {
-		char dir[4096];
-		size_t n = strcspn(d, ":");
-		if (n > 0 && n < sizeof dir) {
-			memcpy(dir, d, n);
-			dir[n] = '\0';
-			ok |= wolfSSL_CTX_load_verify_locations_ex(ctx, NULL, dir,
-					WOLFSSL_LOAD_FLAG_IGNORE_ERR) == WOLFSSL_SUCCESS;
-		}
-		d += n + (d[n] == ':');
-	}
-	return ok;
+	return client_tls_load_roots(ctx);
 }
 
 #define CHAIN_MAX 8
